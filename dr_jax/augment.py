@@ -1,0 +1,69 @@
+"""Pure, jittable, vmappable random affine augmentation: rotation, zoom, shift, optional flip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Ranges of the random transforms; all zero (and no flip) means identity."""
+
+  rotation: float = 0.0  # Max rotation in degrees, sampled uniformly in [-r, r].
+  zoom: float = 0.0  # Per-axis zoom factor sampled in [1 - z, 1 + z] (Keras' zoom_range).
+  shift: float = 0.0  # Max shift as a fraction of height/width.
+  flip: bool = False  # Horizontal flip with probability 1/2 (a flipped 2 is not a digit: ablation only).
+
+  @property
+  def is_identity(self) -> bool:
+    return self.rotation == 0 and self.zoom == 0 and self.shift == 0 and not self.flip
+
+
+def random_matrices(key: jax.Array, n: int, cfg: AugmentConfig, height: int,
+                    width: int) -> jax.Array:
+  """Samples `(n, 2, 3)` maps from output (row, col) to input coordinates, about the centre."""
+  k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
+  theta = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-cfg.rotation, maxval=cfg.rotation))
+  zoom = jax.random.uniform(k_zoom, (n, 2), minval=1 - cfg.zoom, maxval=1 + cfg.zoom)
+  shift = jax.random.uniform(k_shift, (n, 2), minval=-cfg.shift, maxval=cfg.shift)
+  shift = shift * jnp.array([height, width], jnp.float32)
+  flip = jnp.where(cfg.flip & jax.random.bernoulli(k_flip, 0.5, (n,)), -1.0, 1.0)
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  # Inverse map: each output pixel looks up where it came from (rotate, then zoom, then flip).
+  linear = jnp.stack([jnp.stack([cos * zoom[:, 0], -sin * zoom[:, 1] * flip], -1),
+                      jnp.stack([sin * zoom[:, 0], cos * zoom[:, 1] * flip], -1)], -2)
+  center = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+  offset = center - linear @ center - shift
+  return jnp.concatenate([linear, offset[..., None]], axis=-1)
+
+
+def warp(image: jax.Array, matrix: jax.Array) -> jax.Array:
+  """Bilinear resampling of one `(H, W, C)` image by a `(2, 3)` inverse map; zeros outside."""
+  height, width = image.shape[:2]
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  src_r = matrix[0, 0] * rows + matrix[0, 1] * cols + matrix[0, 2]
+  src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 2]
+  r0, c0 = jnp.floor(src_r), jnp.floor(src_c)
+  wr, wc = src_r - r0, src_c - c0
+  r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
+  out = jnp.zeros(image.shape, jnp.float32)
+  for dr, dc, weight in ((0, 0, (1 - wr) * (1 - wc)), (0, 1, (1 - wr) * wc),
+                         (1, 0, wr * (1 - wc)), (1, 1, wr * wc)):
+    r, c = r0 + dr, c0 + dc
+    inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+    pixels = image[jnp.clip(r, 0, height - 1), jnp.clip(c, 0, width - 1)]
+    out = out + jnp.where(inside, weight, 0.0)[..., None] * pixels
+  return out.astype(image.dtype)
+
+
+def random_affine(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.Array:
+  """Applies an independent random affine transform to each image of `(n, H, W, C)`."""
+  if cfg.is_identity:
+    return images
+  n, height, width = images.shape[:3]
+  matrices = random_matrices(key, n, cfg, height, width)
+  return jax.vmap(warp)(images, matrices)

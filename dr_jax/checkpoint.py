@@ -1,0 +1,77 @@
+"""orbax checkpoints in a workdir: `latest/` to resume from and `best/` (by validation accuracy)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from dr_jax.errors import UserError
+
+KINDS = ("latest", "best")
+
+
+class Checkpoints:
+  """Two orbax managers: the newest epoch (resume) and the best validation accuracy (predict).
+
+  Separate directories because a single best-N manager deletes the newest checkpoint whenever it
+  is worse, which would make resuming impossible (orbax issue #526). Each save is atomic: orbax
+  writes to a temporary directory and renames it when complete.
+  """
+
+  def __init__(self, workdir: pathlib.Path, read_only: bool = False):
+    root = pathlib.Path(workdir).absolute() / "checkpoints"
+    # Read-only users (predict) must not create directories or clean up a trainer's temp files.
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
+                                           cleanup_tmp_directories=not read_only)
+    self.root = root
+    self.managers = {kind: ocp.CheckpointManager(root / kind, options=options) for kind in KINDS}
+
+  def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
+    """Saves a state pytree and JSON metadata for `epoch` (asynchronously)."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self.managers[kind].save(epoch, args=args, force=True)
+
+  def latest_epoch(self, kind: str) -> int | None:
+    """The epoch of the newest complete checkpoint of `kind`, or None."""
+    return self.managers[kind].latest_step()
+
+  def restore(self, kind: str, target: Any | None = None) -> tuple[Any, dict]:
+    """Restores (state, meta); `target` (a pytree like the saved one) gives structure and types."""
+    manager = self.managers[kind]
+    epoch = manager.latest_step()
+    if epoch is None:
+      raise UserError(f"no {kind} checkpoint in {self.root / kind}; train first with "
+                      f"`dr-jax train --config FILE --workdir {self.root.parent}`")
+    state_args = ocp.args.StandardRestore(target) if target is not None else \
+        ocp.args.StandardRestore()
+    try:
+      restored = manager.restore(epoch, args=ocp.args.Composite(state=state_args,
+                                                                meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for damaged files; all mean the same here.
+      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise UserError(f"{self.root / kind / str(epoch)}: checkpoint cannot be read ({first}); "
+                      "it is damaged or from another model: delete it, or retrain") from None
+    return restored["state"], restored["meta"]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    for manager in self.managers.values():
+      manager.wait_until_finished()
+
+  def close(self) -> None:
+    for manager in self.managers.values():
+      manager.close()
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def abstract(tree: Any) -> Any:
+  """Shape/dtype skeleton of a pytree, for restoring without materialising a throwaway copy."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

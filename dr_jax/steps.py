@@ -1,0 +1,116 @@
+"""Pure compute: the train state, loss, jitted train/eval steps and batched inference."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from dr_jax import augment, data, models
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus batch-norm statistics (an empty dict when the model has none)."""
+
+  batch_stats: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """Static description of what happens to uint8 pixels before the model sees them."""
+
+  augment: augment.AugmentConfig = augment.AugmentConfig()
+  shift: float = 0.0
+  scale: float = 255.0
+
+
+def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+  """Initialises parameters, batch statistics and optimizer state from `key`."""
+  variables = models.init_variables(model, key)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats", {}))
+
+
+def _variables(state: TrainState, params: Any) -> dict:
+  return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else \
+      {"params": params}
+
+
+def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: jax.Array,
+               pre: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One RMSprop (or configured) update on a uint8 batch; augmentation happens here, on device."""
+  aug_key, dropout_key = jax.random.split(key)
+  x = augment.random_affine(aug_key, images.astype(jnp.float32), pre.augment)
+  x = data.normalize(x, pre.shift, pre.scale)
+  has_bn = bool(state.batch_stats)
+
+  def loss_fn(params):
+    out = state.apply_fn(_variables(state, params), x, train=True, rngs={"dropout": dropout_key},
+                         mutable=["batch_stats"] if has_bn else False)
+    logits, updates = out if has_bn else (out, {})
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  if has_bn:
+    state = state.replace(batch_stats=updates["batch_stats"])
+  correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))
+  return state, {"loss": loss * len(images), "correct": correct, "count": len(images)}
+
+
+def train_steps(state: TrainState, images: jax.Array, targets: jax.Array, batch_idx: jax.Array,
+                keys: jax.Array, pre: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`len(batch_idx)` train steps in one call, gathering batches from device-resident arrays.
+
+  The scan is unrolled: rolled, XLA:CPU emits the backward convolutions as slow loops.
+  """
+  def body(state, xs):
+    idx, key = xs
+    state, metrics = train_step(state, images[idx], targets[idx], key, pre)
+    return state, metrics
+
+  state, metrics = jax.lax.scan(body, state, (batch_idx, keys), unroll=True)
+  return state, jax.tree.map(jnp.sum, metrics)
+
+
+def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array, pre: Preprocess) -> jax.Array:
+  """Inference logits for a uint8 batch (no augmentation, dropout off, running BN stats)."""
+  return apply_fn(variables, data.normalize(images, pre.shift, pre.scale), train=False)
+
+
+def eval_step(apply_fn: Callable, variables: dict, images: jax.Array, targets: jax.Array,
+              mask: jax.Array, pre: Preprocess) -> dict[str, jax.Array]:
+  """Summed loss and correct count over the unmasked rows of one batch."""
+  logits = logits_fn(apply_fn, variables, images, pre)
+  loss = optax.softmax_cross_entropy(logits, targets)
+  correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
+  return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+
+def batches(n: int, batch_size: int) -> tuple[int, int]:
+  """Returns (padded size, number of batches) covering `n` rows with equal-sized batches."""
+  count = max(1, -(-n // batch_size))
+  return count * batch_size, count
+
+
+def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+  """Pads axis 0 with zeros up to `size` rows, so every batch has the same shape (one compile)."""
+  return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)]) \
+      if size > len(array) else array
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "batch_size"))
+def batched_logits(apply_fn: Callable, variables: dict, images: jax.Array, pre: Preprocess,
+                   batch_size: int) -> jax.Array:
+  """Logits for `(n, 28, 28, 1)` images (n a multiple of batch_size), one batch at a time."""
+  stacked = images.reshape((-1, batch_size, *images.shape[1:]))
+  logits = jax.lax.map(lambda x: logits_fn(apply_fn, variables, x, pre), stacked)
+  return logits.reshape((-1, logits.shape[-1]))
