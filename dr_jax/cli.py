@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, help="batch size (default: the config's)")
   p.add_argument("--steps", type=int, default=40, help="timed train steps per repeat")
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--predict-images", type=int, default=28000,
+                 help="images in the timed predict (Kaggle's test set has 28,000)")
   return parser
 
 
@@ -135,7 +137,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     from dr_jax import bench
 
     cfg = _config(args.config or _default_config(), overrides)
-    bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats)
+    bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
+               predict_n=args.predict_images)
 
 
 def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:

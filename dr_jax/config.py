@@ -89,9 +89,13 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
   except UserError:
     raise
   except Exception as e:  # A user's config may raise anything; report where, in one line.
-    frame = traceback.extract_tb(e.__traceback__)[-1]
-    raise UserError(f"config file {path} raised {type(e).__name__}: {e} "
-                    f"(at {pathlib.Path(frame.filename).name}:{frame.lineno})") from None
+    if isinstance(e, SyntaxError):
+      where = f"{pathlib.Path(e.filename or str(path)).name}:{e.lineno}"
+    else:
+      frame = traceback.extract_tb(e.__traceback__)[-1]
+      where = f"{pathlib.Path(frame.filename).name}:{frame.lineno}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise UserError(f"config file {path} raised {type(e).__name__}: {first} (at {where})") from None
   finally:
     sys.path.remove(str(path.parent))
   if not isinstance(config, ml_collections.ConfigDict):

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import pathlib
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -55,8 +56,10 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
   if path.stat().st_size == 0:
     raise UserError(f"{path}: file is empty; expected a header and one row per image")
   try:
-    # utf-8-sig strips a BOM that Excel and Windows editors add.
-    return pd.read_csv(path, encoding="utf-8-sig", compression="infer", low_memory=False)
+    # utf-8-sig strips a BOM that Excel and Windows editors add. Blank lines are kept (then
+    # dropped by the caller) so row numbers stay file line numbers.
+    frame = pd.read_csv(path, encoding="utf-8-sig", compression="infer", low_memory=False,
+                        skip_blank_lines=False)
   except pd.errors.ParserError as e:
     raise UserError(f"{path}: {_parser_message(str(e))}; every row needs the same columns "
                     "as the header") from None
@@ -66,6 +69,14 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
   except (UnicodeDecodeError, OSError, EOFError) as e:
     raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); is it a CSV or .csv.gz?") from None
+  # pandas silently turns the first column into an index when the first data row has one
+  # field more than the header; checking that one line is cheap.
+  first = _field_counts(path, len(frame.columns), np.array([0])) if len(frame) else []
+  if first:
+    row, count = first[0]
+    raise UserError(f"{_where(path, row)}: has {count} fields, expected {len(frame.columns)} "
+                    "like the header; fix or remove that row")
+  return frame
 
 
 def _parser_message(message: str) -> str:
@@ -106,14 +117,15 @@ def _check_columns(frame: pd.DataFrame, path: pathlib.Path, with_labels: bool) -
                    + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
     raise UserError(f"{path}: {'; '.join(parts)}; expected the header "
                     f"`{'label,' if with_labels else ''}pixel0,...,pixel783`")
-  if len(frame) == 0:
-    raise UserError(f"{path}: has a header but no rows; expected one row per image")
   # Shuffled columns are accepted: reorder to Kaggle's layout by name.
   return frame[expected]
 
 
-def _short_rows(path: pathlib.Path, rows: np.ndarray, n_columns: int) -> list[tuple[int, int]]:
-  """Returns (data_row, field_count) for rows whose line has fewer fields than the header."""
+def _field_counts(path: pathlib.Path, n_columns: int, rows: np.ndarray) -> list[tuple[int, int]]:
+  """(data_row, field_count) of lines whose field count differs from the header's.
+
+  Looks only at `rows` (a NaN report's rows, or the first row), not at the whole file.
+  """
   wanted = set(int(r) for r in rows)
   found = []
   opener = gzip.open if path.suffix == ".gz" else open
@@ -122,10 +134,10 @@ def _short_rows(path: pathlib.Path, rows: np.ndarray, n_columns: int) -> list[tu
     for i, line in enumerate(f):
       if i in wanted:
         count = line.rstrip("\r\n").count(",") + 1
-        if count != n_columns:
+        if count != n_columns and line.strip():
           found.append((i, count))
-        if len(wanted) == len(found) or i >= max(wanted):
-          break
+      if i >= max(wanted):
+        break
   return found
 
 
@@ -136,7 +148,7 @@ def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
   bad_columns = by_column[by_column > 0]
   parts = []
   for column, count in list(bad_columns.items())[:3]:
-    rows = np.flatnonzero(mask[column].to_numpy())
+    rows = frame.index[mask[column].to_numpy()].to_numpy()
     parts.append(f"{column} ({count} cell{'s' if count > 1 else ''}: {_rows_text(rows)})")
   more = f" and {len(bad_columns) - 3} more column(s)" if len(bad_columns) > 3 else ""
   return (f"{path}: empty or NaN cells in {', '.join(parts)}{more}; fix the file, or set "
@@ -147,17 +159,17 @@ def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
                  fill_value: int) -> pd.DataFrame:
   """Checks every cell is an integer number, handling empty cells by `nan_policy`."""
   for column in frame.columns:
-    if frame[column].dtype == object:
+    if not pd.api.types.is_numeric_dtype(frame[column]):
       numeric = pd.to_numeric(frame[column], errors="coerce")
       bad = np.flatnonzero(numeric.isna().to_numpy() & frame[column].notna().to_numpy())
       if len(bad):
         value = frame[column].iloc[bad[0]]
-        raise UserError(f"{_where(path, bad[0])}: column {column} holds {value!r}, not a number; "
-                        "every cell must be an integer")
+        raise UserError(f"{_where(path, frame.index[bad[0]])}: column {column} holds {value!r}, "
+                        "not a number; every cell must be an integer")
       frame[column] = numeric
   if frame.isna().any(axis=None):
-    nan_rows = np.flatnonzero(frame.isna().any(axis=1).to_numpy())
-    short = _short_rows(path, nan_rows[:50], frame.shape[1])
+    nan_rows = frame.index[frame.isna().any(axis=1).to_numpy()].to_numpy()
+    short = _field_counts(path, frame.shape[1], nan_rows[:50])
     if short:
       row, count = short[0]
       raise UserError(f"{_where(path, row)}: has {count} fields, expected {frame.shape[1]} "
@@ -175,18 +187,18 @@ def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
   if len(fractional):
     row = fractional[0]
     col = int(np.flatnonzero(values[row] != np.round(values[row]))[0])
-    raise UserError(f"{_where(path, row)}: column {frame.columns[col]} holds {values[row, col]!r}, "
-                    "not an integer; pixels are 0..255 and labels 0..9")
+    raise UserError(f"{_where(path, frame.index[row])}: column {frame.columns[col]} holds "
+                    f"{values[row, col]:g}, not an integer; pixels are 0..255 and labels 0..9")
   return frame
 
 
 def _check_range(values: np.ndarray, low: int, high: int, path: pathlib.Path,
-                 columns: list[str], what: str) -> None:
-  """Raises naming the first cell outside [low, high]."""
+                 columns: list[str], rows: np.ndarray, what: str) -> None:
+  """Raises naming the first cell outside [low, high]; `rows` maps positions to data rows."""
   bad = np.argwhere((values < low) | (values > high))
   if len(bad):
     row, col = bad[0]
-    raise UserError(f"{_where(path, int(row))}: column {columns[col]} is {values[row, col]:g}, "
+    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} is {values[row, col]:g}, "
                     f"outside {low}..{high}; {what} must lie in {low}..{high}"
                     + (f" ({len(bad)} such cells in all)" if len(bad) > 1 else ""))
 
@@ -197,14 +209,18 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   if nan_policy not in NAN_POLICIES:
     raise UserError(f"data.nan_policy={nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
   frame = _check_columns(_read_frame(path), path, with_labels)
+  frame = frame[~frame.isna().all(axis=1)]  # Blank lines; the index keeps their line numbers.
+  if len(frame) == 0:
+    raise UserError(f"{path}: has a header but no rows; expected one row per image")
   frame = _to_integers(frame, path, nan_policy, fill_value)
   values = frame.to_numpy(dtype=np.float64)
   columns = list(frame.columns)
   offset = 1 if with_labels else 0
-  _check_range(values[:, offset:], 0, 255, path, columns[offset:], "pixels")
+  rows = frame.index.to_numpy()
+  _check_range(values[:, offset:], 0, 255, path, columns[offset:], rows, "pixels")
   labels = None
   if with_labels:
-    _check_range(values[:, :1], 0, NUM_CLASSES - 1, path, columns[:1], "labels")
+    _check_range(values[:, :1], 0, NUM_CLASSES - 1, path, columns[:1], rows, "labels")
     labels = values[:, 0].astype(np.int32)
   images = values[:, offset:].astype(np.uint8).reshape((-1, *IMAGE_SHAPE))
   return Digits(images=images, labels=labels)
@@ -232,7 +248,7 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
       with np.load(cache, allow_pickle=False) as npz:
         labels = npz["labels"] if with_labels else None
         return Digits(images=npz["images"], labels=labels)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
       pass  # A damaged cache is rebuilt from the CSV below.
   digits = parse_csv(path, with_labels, nan_policy, fill_value)
   buffer = io.BytesIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -96,6 +97,28 @@ class Evaluator:
     return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
 
 
+def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
+                        images: jax.Array, targets: jax.Array, pre: steps.Preprocess,
+                        sizes: set[int]) -> dict[int, Any]:
+  """Ahead-of-time compiled `train_steps` for each number of fused steps in `sizes`.
+
+  Compiled before the loop so epoch timings measure training, not compilation; the state is
+  donated so parameters are updated in place.
+  """
+  # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
+  fn = jax.jit(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
+               donate_argnums=0, compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
+  key = jax.random.key(0)
+  compiled = {size: fn.lower(state, images, targets, jnp.zeros((size, cfg.batch_size), jnp.int32),
+                             jax.random.split(key, size)).compile() for size in sorted(sizes)}
+  return {size: functools.partial(_call_with_data, c, images, targets)
+          for size, c in compiled.items()}
+
+
+def _call_with_data(compiled, images, targets, state, batch_idx, keys):
+  return compiled(state, images, targets, batch_idx, keys)
+
+
 def _variables(state: steps.TrainState) -> dict:
   v = {"params": state.params}
   if state.batch_stats:
@@ -144,17 +167,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
 
   pre_train = preprocess(cfg, split.shift, split.scale, train=True)
-  options = xla.train_compiler_options(cfg.train.fast_cpu)
   train_images = jnp.asarray(split.train.images)
   train_targets = jnp.asarray(data.one_hot(split.train.labels))
-  step_fn = jax.jit(lambda s, idx, keys: steps.train_steps(s, train_images, train_targets, idx,
-                                                           keys, pre_train),
-                    donate_argnums=0, compiler_options=options)
   compile_start = time.time()
-  # Compiled ahead of the loop so epoch timings measure training, not compilation.
-  compiled = {size: step_fn.lower(state, jnp.zeros((size, cfg.batch_size), jnp.int32),
-                                  jax.random.split(train_key, size)).compile()
-              for size in {k, 1 if n_tail else k}}
+  compiled = compile_train_steps(cfg, state, train_images, train_targets, pre_train,
+                                 sizes={k, 1 if n_tail else k})
   evaluate = Evaluator(split.val, cfg.train.eval_batch_size,
                        preprocess(cfg, split.shift, split.scale, train=False), model.apply)
 

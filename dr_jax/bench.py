@@ -1,0 +1,114 @@
+"""`dr-jax bench`: throughput of the real jitted train step and predict path on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dr_jax import data, models, optim, predict, steps, train
+
+
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
+  """Wall seconds of `repeats` calls of `fn`, each finished with block_until_ready."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """Best fp32 matmul rate on the default device: the machine's practical compute ceiling."""
+  a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  return 2 * size**3 / min(_time(lambda: f(a), repeats)) / 1e9
+
+
+def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
+               repeats: int) -> dict[str, float]:
+  """Images/s and FLOPs of `num_steps` real train steps (fused as the trainer does)."""
+  k = min(cfg.train.steps_per_call, num_steps)
+  calls = max(1, num_steps // k)
+  n = max(batch * k, 1024)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
+  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
+  model = train.build_model(cfg)
+  state = steps.create_state(model, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
+  pre = train.preprocess(cfg, 0.0, 255.0, train=True)
+  fused = train.compile_train_steps(cfg, state, images, targets, pre, {k})[k]
+  idx = jnp.asarray(rng.integers(0, n, (k, batch)), jnp.int32)
+  keys = jax.random.split(jax.random.key(0), k)
+  flops = _flops_per_image(cfg, state, images, targets, pre, batch)
+
+  def run():
+    nonlocal state
+    for _ in range(calls):
+      state, metrics = fused(state, idx, keys)
+    return metrics
+
+  run()  # Warm-up: first-call allocations and caches.
+  times = _time(run, repeats)
+  rate = calls * k * batch / statistics.median(times)
+  return {"train_images_per_s": rate, "train_images_per_s_best": calls * k * batch / min(times),
+          "train_mflop_per_image": flops / 1e6, "train_gflops_per_s": rate * flops / 1e9}
+
+
+def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
+  """FLOPs of one train step per image, from XLA's cost analysis of a single unfused step."""
+  one = jax.jit(lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre))
+  lowered = one.lower(state, jnp.zeros((1, batch), jnp.int32), jax.random.split(jax.random.key(0), 1))
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) / batch
+
+
+def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
+  """Images/s of the real predict path (`Predictor.logits`) on `n` synthetic images."""
+  model = train.build_model(cfg)
+  variables = models.init_variables(model, jax.random.key(0))
+  predictor = predict.Predictor(model.apply, variables, train.preprocess(cfg, 0.0, 255.0, False),
+                                epoch=0, val_accuracy=0.0)
+  images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  predictor.logits(images)  # Compile.
+  times = _time(lambda: predictor.logits(images), repeats)
+  return {"predict_images_per_s": n / statistics.median(times),
+          "predict_seconds": statistics.median(times)}
+
+
+def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int = 40,
+        repeats: int = 3, predict_n: int = 28000) -> dict[str, float | str]:
+  """All figures of one benchmark run, measured in this process."""
+  batch = batch or cfg.batch_size
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.batch_size = batch
+  result: dict[str, float | str] = {
+      "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+      "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
+      "steps_per_call": cfg.train.steps_per_call, "fast_cpu": cfg.train.fast_cpu}
+  result.update(train_rate(cfg, batch, num_steps, repeats))
+  result.update(predict_rate(cfg, predict_n, repeats))
+  result["matmul_gflops_per_s"] = matmul_gflops()
+  result["roofline_fraction"] = result["train_gflops_per_s"] / result["matmul_gflops_per_s"]
+  return result
+
+
+def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats: int,
+         predict_n: int = 28000) -> dict:
+  """Prints a table and, as the last line, the figures as JSON."""
+  result = run(cfg, batch, steps, repeats, predict_n)
+  width = max(len(k) for k in result)
+  for key, value in result.items():
+    print(f"{key:<{width}}  {value:,.2f}" if isinstance(value, float) else
+          f"{key:<{width}}  {value}")
+  print(json.dumps(result))
+  return result

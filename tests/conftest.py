@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny learnable Kaggle-format dataset and a runner for the `dr-jax` CLI."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Callable
+
+import numpy as np
+import pytest
+
+PIXEL_HEADER = ",".join(f"pixel{i}" for i in range(784))
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """`n` noisy 28x28 uint8 images (flattened) whose class is where a bright 8x5 block sits."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 10
+  rng.shuffle(labels)
+  images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+  for image, label in zip(images, labels):
+    row, col = divmod(int(label), 5)
+    image[2 + 14 * row: 10 + 14 * row, 1 + 5 * col: 6 + 5 * col] = 255
+  return images.reshape(n, 784), labels
+
+
+def csv_text(header: str, rows: np.ndarray) -> str:
+  """A CSV with `header` and one comma-joined line per row of integers."""
+  return header + "\n" + "".join(",".join(map(str, row)) + "\n" for row in rows)
+
+
+def write_kaggle_dir(path: pathlib.Path, n_train: int = 400, n_test: int = 100,
+                     seed: int = 0) -> pathlib.Path:
+  """Writes train.csv, test.csv, test_answers.csv and sample_submission.csv into `path`."""
+  path.mkdir(parents=True, exist_ok=True)
+  images, labels = synthetic_digits(n_train + n_test, seed)
+  train = np.column_stack([labels[:n_train], images[:n_train]])
+  (path / "train.csv").write_text(csv_text("label," + PIXEL_HEADER, train))
+  (path / "test.csv").write_text(csv_text(PIXEL_HEADER, images[n_train:]))
+  ids = np.arange(1, n_test + 1)
+  (path / "test_answers.csv").write_text(
+      csv_text("ImageId,Label", np.column_stack([ids, labels[n_train:]])))
+  (path / "sample_submission.csv").write_text(
+      csv_text("ImageId,Label", np.column_stack([ids, np.zeros(n_test, int)])))
+  return path
+
+
+@pytest.fixture(scope="session")
+def kaggle_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
+  """Factory of fresh tiny Kaggle-format data dirs: `kaggle_dir(n_train=400, n_test=100, seed=0)`."""
+  return lambda **kwargs: write_kaggle_dir(tmp_path_factory.mktemp("data"), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+  """Environment for CLI subprocesses: CPU only, and a throwaway HOME and cache (no credentials)."""
+  home = tmp_path_factory.mktemp("home")
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("KAGGLE_") and k != "XDG_CACHE_HOME"}
+  env.update(JAX_PLATFORMS="cpu", HOME=str(home), DR_JAX_CACHE=str(home / "cache"),
+             PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+  return env
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_env: dict[str, str]) -> Callable[..., tuple[int, str, str]]:
+  """Runs `python -m dr_jax ARGS...` in a subprocess; returns (returncode, stdout, stderr)."""
+
+  def run(*args: str | os.PathLike, cwd: pathlib.Path | None = None,
+          timeout: float = 300) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "dr_jax", *map(str, args)], cwd=cwd,
+                          env=cli_env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+  return run

@@ -1,0 +1,124 @@
+"""Tests of dr_jax.augment: identity, shapes, determinism, ranges, jit and vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dr_jax import augment
+
+FULL = augment.AugmentConfig(rotation=10.0, zoom=0.1, shift=0.1)
+
+
+def _images(n=6, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1)), jnp.float32)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_identity_when_all_ranges_are_zero(jit):
+  images = _images()
+  fn = lambda k, x: augment.random_affine(k, x, augment.AugmentConfig())
+  fn = jax.jit(fn) if jit else fn
+  np.testing.assert_array_equal(fn(jax.random.key(0), images), images)
+
+
+def test_warp_with_identity_matrix_is_exact():
+  image = _images(1)[0]
+  eye = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  np.testing.assert_array_equal(augment.warp(image, eye), image)
+
+
+def test_zero_ranges_sample_identity_matrices():
+  m = augment.random_matrices(jax.random.key(3), 5, augment.AugmentConfig(), 28, 28)
+  np.testing.assert_allclose(m, np.tile([[1.0, 0, 0], [0, 1.0, 0]], (5, 1, 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_shape_dtype_and_range(jit):
+  images = _images()
+  fn = lambda k, x: augment.random_affine(k, x, FULL)
+  fn = jax.jit(fn) if jit else fn
+  out = fn(jax.random.key(1), images)
+  assert out.shape == images.shape and out.dtype == images.dtype
+  assert bool(jnp.all(jnp.isfinite(out)))
+  # Bilinear interpolation is a convex combination with zero fill: it never leaves [0, 255].
+  assert float(out.min()) >= 0.0 and float(out.max()) <= 255.0 + 1e-3
+
+
+def test_jit_matches_eager():
+  images = _images()
+  key = jax.random.key(7)
+  eager = augment.random_affine(key, images, FULL)
+  jitted = jax.jit(lambda k, x: augment.random_affine(k, x, FULL))(key, images)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-3)
+
+
+def test_same_key_same_result_different_key_different_result():
+  images = _images()
+  a = augment.random_affine(jax.random.key(5), images, FULL)
+  b = augment.random_affine(jax.random.key(5), images, FULL)
+  c = augment.random_affine(jax.random.key(6), images, FULL)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_vmap_over_keys_matches_loop():
+  images = _images(3)
+  keys = jax.random.split(jax.random.key(0), 4)
+  batched = jax.vmap(lambda k: augment.random_affine(k, images, FULL))(keys)
+  assert batched.shape == (4, *images.shape)
+  for i in range(4):
+    np.testing.assert_allclose(batched[i], augment.random_affine(keys[i], images, FULL),
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_each_image_gets_its_own_transform():
+  image = _images(1)
+  same = jnp.repeat(image, 4, axis=0)
+  out = augment.random_affine(jax.random.key(2), same, FULL)
+  assert not np.allclose(out[0], out[1])
+
+
+def test_integer_shift_moves_pixels_exactly():
+  image = jnp.zeros((28, 28, 1)).at[10, 12, 0].set(200.0)
+  # Output pixel (r, c) reads input (r - 2, c + 3): content moves down 2 and left 3.
+  matrix = jnp.array([[1.0, 0.0, -2.0], [0.0, 1.0, 3.0]])
+  out = augment.warp(image, matrix)
+  assert float(out[12, 9, 0]) == 200.0 and float(out.sum()) == 200.0
+
+
+def test_rotation_by_90_degrees_about_centre():
+  image = _images(1)[0]
+  # Inverse map of a 90° rotation: output (r, c) reads input (c, 27 - r).
+  matrix = jnp.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 27.0]])
+  out = augment.warp(image, matrix)
+  np.testing.assert_allclose(out, jnp.rot90(image, k=1, axes=(0, 1)), atol=1e-3)
+
+
+def test_flip_is_mirror_image():
+  image = _images(1)
+  cfg = augment.AugmentConfig(flip=True)
+  outs = [augment.random_affine(jax.random.key(s), image, cfg)[0] for s in range(30)]
+  mirrored = image[0, :, ::-1]
+  assert any(np.allclose(o, mirrored, atol=1e-3) for o in outs)
+  assert any(np.allclose(o, image[0]) for o in outs)
+
+
+def test_no_flip_by_default():
+  assert augment.AugmentConfig(rotation=10, zoom=0.1, shift=0.1).flip is False
+
+
+@settings(max_examples=15, deadline=None)
+@given(rotation=st.floats(0, 45), zoom=st.floats(0, 0.5), shift=st.floats(0, 0.5),
+       seed=st.integers(0, 2**31 - 1))
+def test_mass_never_grows(rotation, zoom, shift, seed):
+  """Zero fill and convex weights: total intensity stays within the source's (plus zoom-in)."""
+  images = _images(2, seed % 1000)
+  cfg = augment.AugmentConfig(rotation, zoom, shift)
+  out = augment.random_affine(jax.random.key(seed), images, cfg)
+  assert out.shape == images.shape
+  # A zoom factor z >= 1 - zoom magnifies area by at most 1 / (1 - zoom)^2.
+  bound = images.sum(axis=(1, 2, 3)) / (1 - zoom) ** 2 + 1.0
+  assert bool(jnp.all(out.sum(axis=(1, 2, 3)) <= bound * 1.01))

@@ -1,0 +1,490 @@
+"""Tests for dr_jax.data: CSV parsing and validation, the .npz cache, split, one-hot, scaling."""
+
+import gzip
+import os
+import pathlib
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from dr_jax import data
+from dr_jax.errors import UserError
+
+PIXELS = [f"pixel{i}" for i in range(784)]
+TRAIN_COLUMNS = ["label"] + PIXELS
+
+
+def make_rows(n, with_labels=True, seed=0):
+  """`n` random Kaggle rows (label first when `with_labels`) as nested lists, ready to edit."""
+  rng = np.random.default_rng(seed)
+  pixels = rng.integers(0, 256, (n, 784))
+  rows = np.column_stack([np.arange(n) % 10, pixels]) if with_labels else pixels
+  return rows.tolist()
+
+
+def write_csv(path, rows, columns=TRAIN_COLUMNS, newline="\n", bom=False):
+  """Writes `columns` and `rows` as a CSV (gzip'd when the name ends in .gz); returns the path."""
+  lines = [",".join(columns)] + [",".join(map(str, row)) for row in rows]
+  text = ("\ufeff" if bom else "") + newline.join(lines) + newline
+  raw = text.encode("utf-8")
+  path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+  return path
+
+
+def user_error(path, *fragments, with_labels=True, **kwargs):
+  """Asserts parse_csv raises a one-line UserError naming `path` and every fragment; returns it."""
+  with pytest.raises(UserError) as info:
+    data.parse_csv(path, with_labels, **kwargs)
+  message = str(info.value)
+  assert "\n" not in message
+  assert str(path) in message
+  # The fragments must come from the text itself, not from the test's directory name.
+  text = message.replace(str(path), "")
+  for fragment in fragments:
+    assert re.search(fragment, text), (fragment, message)
+  return message
+
+
+def as_array(rows):
+  """Nested integer rows → int64 array."""
+  return np.asarray(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize("loader", [data.parse_csv, data.load_csv])
+def test_train_file_round_trips_every_pixel(tmp_path, loader):
+  rows = make_rows(7)
+  digits = loader(write_csv(tmp_path / "train.csv", rows), True)
+  assert digits.images.shape == (7, 28, 28, 1) and digits.images.dtype == np.uint8
+  assert digits.labels.dtype == np.int32
+  np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(7, -1), as_array(rows)[:, 1:])
+
+
+@pytest.mark.parametrize("loader", [data.parse_csv, data.load_csv])
+def test_test_file_has_images_and_no_labels(tmp_path, loader):
+  rows = make_rows(4, with_labels=False)
+  digits = loader(write_csv(tmp_path / "test.csv", rows, PIXELS), False)
+  assert digits.labels is None
+  assert digits.images.shape == (4, 28, 28, 1) and digits.images.dtype == np.uint8
+  np.testing.assert_array_equal(digits.images.reshape(4, -1), as_array(rows))
+
+
+@pytest.mark.parametrize("name,newline,bom", [
+    ("train.csv", "\r\n", False), ("train.csv", "\n", True), ("train.csv.gz", "\n", False),
+    ("train.csv.gz", "\r\n", True)])
+def test_crlf_bom_and_gzip_are_accepted(tmp_path, name, newline, bom):
+  rows = make_rows(5, seed=1)
+  digits = data.load_csv(write_csv(tmp_path / name, rows, newline=newline, bom=bom), True)
+  np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(5, -1), as_array(rows)[:, 1:])
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_shuffled_columns_are_reordered_by_name(tmp_path, with_labels):
+  rows = as_array(make_rows(6, with_labels, seed=2))
+  columns = np.array(TRAIN_COLUMNS if with_labels else PIXELS)
+  order = np.random.default_rng(0).permutation(len(columns))
+  path = write_csv(tmp_path / "data.csv", rows[:, order].tolist(), list(columns[order]))
+  digits = data.parse_csv(path, with_labels)
+  pixels = rows[:, 1:] if with_labels else rows
+  np.testing.assert_array_equal(digits.images.reshape(6, -1), pixels)
+  if with_labels:
+    np.testing.assert_array_equal(digits.labels, rows[:, 0])
+
+
+def test_missing_file(tmp_path):
+  path = tmp_path / "nope" / "train.csv"
+  user_error(path, "not found")
+  with pytest.raises(UserError, match=re.escape(str(path))):
+    data.load_csv(path, True)
+
+
+def test_directory_instead_of_file(tmp_path):
+  user_error(tmp_path, "directory")
+
+
+def test_empty_file(tmp_path):
+  path = tmp_path / "train.csv"
+  path.write_bytes(b"")
+  user_error(path, "empty")
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_header_only(tmp_path, with_labels):
+  path = write_csv(tmp_path / "train.csv", [], TRAIN_COLUMNS if with_labels else PIXELS)
+  user_error(path, "no rows", with_labels=with_labels)
+
+
+def test_missing_pixel_column(tmp_path):
+  rows = [row[:-1] for row in make_rows(3)]
+  path = write_csv(tmp_path / "train.csv", rows, TRAIN_COLUMNS[:-1])
+  user_error(path, r"missing column\(s\) pixel783")
+
+
+def test_extra_column(tmp_path):
+  rows = [row + [0] for row in make_rows(3)]
+  path = write_csv(tmp_path / "train.csv", rows, TRAIN_COLUMNS + ["extra"])
+  user_error(path, r"unexpected column\(s\) extra")
+
+
+def test_misspelled_column(tmp_path):
+  columns = TRAIN_COLUMNS[:10] + ["pixl9"] + TRAIN_COLUMNS[11:]
+  path = write_csv(tmp_path / "train.csv", make_rows(3), columns)
+  user_error(path, "pixel9", "pixl9")
+
+
+def test_duplicate_column(tmp_path):
+  columns = ["pixel4" if c == "pixel5" else c for c in TRAIN_COLUMNS]
+  path = write_csv(tmp_path / "train.csv", make_rows(3), columns)
+  user_error(path, "duplicate", "pixel4")
+
+
+def test_row_with_too_many_fields_names_its_line(tmp_path):
+  rows = make_rows(5)
+  rows[2].append(9)
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\bline 4\b", "786")
+
+
+@pytest.mark.parametrize("n_rows", [1, 3])
+def test_first_row_with_too_many_fields_names_its_line(tmp_path, n_rows):
+  rows = make_rows(n_rows)
+  rows[0].append(9)
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\bline 2\b", "786")
+
+
+@pytest.mark.parametrize("name,newline,bom,bad_row", [
+    ("train.csv", "\n", False, 3), ("train.csv", "\r\n", True, 0),
+    ("train.csv.gz", "\r\n", False, 3)])
+def test_row_with_too_few_fields_names_its_line_and_count(tmp_path, name, newline, bom, bad_row):
+  rows = make_rows(5)
+  rows[bad_row] = rows[bad_row][:700]
+  path = write_csv(tmp_path / name, rows, newline=newline, bom=bom)
+  user_error(path, rf"\bline {bad_row + 2}\b", r"\b700 fields\b", "785")
+
+
+def test_row_with_too_few_fields_is_an_error_under_any_nan_policy(tmp_path):
+  rows = make_rows(3)
+  rows[1] = rows[1][:5]
+  path = write_csv(tmp_path / "train.csv", rows)
+  for policy in ("drop", "fill"):
+    user_error(path, r"\bline 3\b", r"\b5 fields\b", nan_policy=policy)
+
+
+@pytest.mark.parametrize("column", [0, 8])
+def test_non_numeric_cell_names_column_line_and_value(tmp_path, column):
+  rows = make_rows(4)
+  rows[2][column] = "abc"
+  name = TRAIN_COLUMNS[column]
+  user_error(write_csv(tmp_path / "train.csv", rows), rf"\b{name}\b", r"\bline 4\b", "abc")
+
+
+def test_empty_cells_name_column_and_lines(tmp_path):
+  rows = make_rows(5)
+  rows[1][6] = rows[3][6] = ""
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\bpixel5\b", r"\blines 3, 5\b")
+
+
+def test_nan_text_cell_is_an_empty_cell(tmp_path):
+  rows = make_rows(3)
+  rows[2][1] = "NaN"
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\bpixel0\b", r"\bline 4\b")
+
+
+def test_error_line_counts_blank_lines(tmp_path):
+  rows = make_rows(3)
+  rows[2][5] = 300
+  path = tmp_path / "train.csv"
+  lines = [",".join(TRAIN_COLUMNS)] + [",".join(map(str, row)) for row in rows]
+  path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+  user_error(path, r"\bline 5\b")
+
+
+@pytest.mark.parametrize("value", [256, -1, 1000])
+def test_pixel_out_of_range_names_column_line_value_and_range(tmp_path, value):
+  rows = make_rows(4)
+  rows[1][8] = value
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\bpixel7\b", r"\bline 3\b",
+             rf"(?<![\d.]){value}\b", r"0\.\.255")
+
+
+def test_label_out_of_range(tmp_path):
+  rows = make_rows(3)
+  rows[2][0] = 10
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\blabel\b", r"\bline 4\b", r"\b10\b",
+             r"0\.\.9")
+
+
+@pytest.mark.parametrize("column,value", [(0, "2.5"), (300, "17.25")])
+def test_fractional_value(tmp_path, column, value):
+  rows = make_rows(3)
+  rows[1][column] = value
+  user_error(write_csv(tmp_path / "train.csv", rows), rf"\b{TRAIN_COLUMNS[column]}\b",
+             r"\bline 3\b", re.escape(value), "integer")
+
+
+def test_test_file_with_label_column(tmp_path):
+  path = write_csv(tmp_path / "test.csv", make_rows(3))
+  user_error(path, "`label`", with_labels=False)
+
+
+def test_train_file_without_label_column(tmp_path):
+  path = write_csv(tmp_path / "train.csv", make_rows(3, with_labels=False), PIXELS)
+  user_error(path, "`label`")
+
+
+def test_invalid_nan_policy(tmp_path):
+  path = write_csv(tmp_path / "train.csv", make_rows(2))
+  with pytest.raises(UserError, match="nan_policy.*'skip'") as info:
+    data.parse_csv(path, True, nan_policy="skip")
+  assert "\n" not in str(info.value)
+
+
+def test_nan_policy_drop_removes_exactly_rows_with_empty_cells(tmp_path):
+  rows = make_rows(6)
+  rows[1][3] = rows[4][0] = rows[4][700] = ""
+  keep = [0, 2, 3, 5]
+  expected = as_array([rows[i] for i in keep])
+  digits = data.parse_csv(write_csv(tmp_path / "train.csv", rows), True, nan_policy="drop")
+  np.testing.assert_array_equal(digits.labels, expected[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(len(keep), -1), expected[:, 1:])
+
+
+def test_nan_policy_drop_with_every_row_empty(tmp_path):
+  rows = make_rows(3)
+  for row in rows:
+    row[10] = ""
+  user_error(write_csv(tmp_path / "train.csv", rows), "drop", nan_policy="drop")
+
+
+def test_nan_policy_fill_uses_fill_value(tmp_path):
+  rows = make_rows(4)
+  rows[1][3] = rows[2][0] = ""
+  digits = data.parse_csv(write_csv(tmp_path / "train.csv", rows), True, nan_policy="fill",
+                          fill_value=7)
+  expected = as_array([[7 if cell == "" else cell for cell in row] for row in rows])
+  np.testing.assert_array_equal(digits.labels, expected[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(4, -1), expected[:, 1:])
+
+
+def cache_files(path):
+  """The .npz cache files load_csv keeps beside `path`."""
+  return sorted((path.parent / ".cache").glob(f"{path.name}.*.npz"))
+
+
+def forbid_parsing(monkeypatch):
+  """Makes any further parse_csv call fail the test."""
+
+  def parse_csv(*args, **kwargs):
+    raise AssertionError("parse_csv called although the cache should have answered")
+
+  monkeypatch.setattr(data, "parse_csv", parse_csv)
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_cache_answers_the_second_load(tmp_path, monkeypatch, with_labels):
+  rows = make_rows(5, with_labels)
+  path = write_csv(tmp_path / "train.csv", rows, TRAIN_COLUMNS if with_labels else PIXELS)
+  first = data.load_csv(path, with_labels)
+  assert len(cache_files(path)) == 1
+  forbid_parsing(monkeypatch)
+  second = data.load_csv(path, with_labels)
+  np.testing.assert_array_equal(second.images, first.images)
+  assert second.images.dtype == np.uint8 and second.images.shape == first.images.shape
+  if with_labels:
+    np.testing.assert_array_equal(second.labels, first.labels)
+    assert second.labels.dtype == np.int32
+  else:
+    assert second.labels is None
+
+
+def test_changed_bytes_invalidate_the_cache(tmp_path):
+  rows = make_rows(3)
+  path = write_csv(tmp_path / "train.csv", rows)
+  data.load_csv(path, True)
+  size = path.stat().st_size
+  rows[1][0] = 9
+  write_csv(path, rows)
+  assert path.stat().st_size == size
+  assert data.load_csv(path, True).labels[1] == 9
+  assert len(cache_files(path)) == 2
+
+
+def test_cache_key_includes_the_nan_handling(tmp_path):
+  rows = make_rows(3)
+  rows[0][1] = ""
+  path = write_csv(tmp_path / "train.csv", rows)
+  assert data.load_csv(path, True, nan_policy="fill", fill_value=0).images[0, 0, 0, 0] == 0
+  assert data.load_csv(path, True, nan_policy="fill", fill_value=5).images[0, 0, 0, 0] == 5
+  assert len(data.load_csv(path, True, nan_policy="drop").labels) == 2
+
+
+@pytest.mark.parametrize("damage", [
+    "garbage",
+    "truncated", "empty"])
+def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
+  rows = make_rows(4)
+  path = write_csv(tmp_path / "train.csv", rows)
+  data.load_csv(path, True)
+  [cache] = cache_files(path)
+  good = cache.read_bytes()
+  cache.write_bytes({"garbage": b"not an npz file at all", "truncated": good[:len(good) // 2],
+                     "empty": b""}[damage])
+  digits = data.load_csv(path, True)
+  np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(4, -1), as_array(rows)[:, 1:])
+  forbid_parsing(monkeypatch)
+  np.testing.assert_array_equal(data.load_csv(path, True).images, digits.images)
+
+
+def test_read_only_directory_still_loads(tmp_path):
+  rows = make_rows(3)
+  path = write_csv(tmp_path / "train.csv", rows)
+  tmp_path.chmod(0o555)
+  try:
+    if os.access(tmp_path, os.W_OK):
+      pytest.skip("chmod does not stop this user (root) from writing")
+    digits = data.load_csv(path, True)
+    np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+    assert not (tmp_path / ".cache").exists()
+  finally:
+    tmp_path.chmod(0o755)
+
+
+def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
+  rows = make_rows(3)
+  path = write_csv(tmp_path / "train.csv", rows)
+
+  def refuse(*args):
+    raise PermissionError("read-only file system")
+
+  monkeypatch.setattr(data, "atomic_write_bytes", refuse)
+  digits = data.load_csv(path, True)
+  np.testing.assert_array_equal(digits.images.reshape(3, -1), as_array(rows)[:, 1:])
+  assert cache_files(path) == []
+
+
+@st.composite
+def split_inputs(draw):
+  """Labels with at least 2 images in each present class, and a val_fraction that can split them."""
+  counts = draw(st.dictionaries(st.integers(0, 9), st.integers(2, 40), min_size=1))
+  val_fraction = draw(st.floats(0.02, 0.6))
+  labels = np.repeat(np.array(list(counts), dtype=np.int64), list(counts.values()))
+  labels = np.random.default_rng(draw(st.integers(0, 2**16))).permutation(labels)
+  n_val = int(np.ceil(val_fraction * len(labels)))
+  assume(len(counts) <= n_val <= len(labels) - len(counts))
+  return labels, val_fraction, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(split_inputs())
+def test_split_is_stratified_disjoint_and_complete(inputs):
+  labels, val_fraction, seed = inputs
+  ids = np.arange(len(labels))
+  train, val = data.split(ids, labels, val_fraction, seed)
+  assert len(train.images) + len(val.images) == len(labels)
+  assert len(val.images) == int(np.ceil(val_fraction * len(labels)))
+  assert set(train.images).isdisjoint(val.images)
+  assert set(train.images) | set(val.images) == set(ids)
+  np.testing.assert_array_equal(train.labels, labels[train.images])
+  np.testing.assert_array_equal(val.labels, labels[val.images])
+  counts = np.bincount(labels, minlength=10)
+  val_counts = np.bincount(val.labels, minlength=10)
+  target = counts * len(val.labels) / len(labels)
+  assert np.all(np.abs(val_counts - target) <= 1), (val_counts, target)
+
+
+def test_split_keeps_image_arrays_whole():
+  images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1)).astype(np.uint8)
+  labels = np.arange(40) % 10
+  train, val = data.split(images, labels, 0.25, seed=0)
+  assert train.images.shape == (30, 28, 28, 1) and val.images.shape == (10, 28, 28, 1)
+  assert train.images.dtype == np.uint8
+  for part in (train, val):
+    for image, label in zip(part.images, part.labels):
+      [index] = np.flatnonzero((images == image).all(axis=(1, 2, 3)))
+      assert labels[index] == label
+
+
+def test_split_is_seeded():
+  labels = np.arange(500) % 10
+  ids = np.arange(500)
+  a = data.split(ids, labels, 0.2, seed=1)[1].images
+  b = data.split(ids, labels, 0.2, seed=1)[1].images
+  c = data.split(ids, labels, 0.2, seed=2)[1].images
+  np.testing.assert_array_equal(a, b)
+  assert set(a) != set(c)
+
+
+@pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_fraction_outside_open_interval(val_fraction):
+  with pytest.raises(UserError, match=r"val_fraction.*between 0 and 1"):
+    data.split(np.arange(40), np.arange(40) % 10, val_fraction, 0)
+
+
+def test_split_rejects_a_class_with_one_image():
+  labels = np.array([0] * 10 + [1] * 10 + [2])
+  with pytest.raises(UserError, match="at least 2"):
+    data.split(np.arange(len(labels)), labels, 0.3, 0)
+
+
+def test_split_rejects_too_small_validation_set():
+  labels = np.arange(40) % 10
+  with pytest.raises(UserError):
+    data.split(np.arange(40), labels, 0.1, 0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=50))
+def test_one_hot(labels):
+  encoded = data.one_hot(np.array(labels))
+  assert encoded.shape == (len(labels), 10) and encoded.dtype == np.float32
+  np.testing.assert_array_equal(encoded.sum(axis=1), 1.0)
+  np.testing.assert_array_equal(encoded.argmax(axis=1), labels)
+  assert set(np.unique(encoded)) <= {0.0, 1.0}
+
+
+def extremes():
+  """Images holding 0, 255 and random grey values."""
+  images = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+  images[0, 0, 0, 0], images[0, 0, 1, 0] = 0, 255
+  return images
+
+
+@pytest.mark.parametrize("method,low,high", [("unit", 0.0, 1.0), ("centered", -1.0, 1.0)])
+def test_fixed_normalizations_map_0_and_255(method, low, high):
+  images = extremes()
+  out = data.normalize(images, *data.normalization_stats(images, method))
+  assert out.dtype == np.float32
+  assert out[0, 0, 0, 0] == low and out[0, 0, 1, 0] == high
+  assert out.min() == low and out.max() == high
+  np.testing.assert_allclose(out, low + (high - low) * images / 255.0, rtol=1e-6, atol=1e-6)
+
+
+def test_standardize_gives_zero_mean_unit_std():
+  images = extremes() // 3
+  out = data.normalize(images, *data.normalization_stats(images, "standardize"))
+  assert abs(float(out.mean())) < 1e-5 and abs(float(out.std()) - 1.0) < 1e-5
+
+
+def test_standardize_constant_images_does_not_divide_by_zero():
+  images = np.full((2, 28, 28, 1), 9, np.uint8)
+  out = data.normalize(images, *data.normalization_stats(images, "standardize"))
+  np.testing.assert_array_equal(out, 0.0)
+
+
+def test_unknown_normalization():
+  with pytest.raises(UserError, match="'minmax'"):
+    data.normalization_stats(extremes(), "minmax")
+
+
+@pytest.mark.parametrize("method", data.NORMALIZATIONS)
+def test_normalize_jax_matches_numpy(method):
+  images = extremes()
+  shift, scale = data.normalization_stats(images, method)
+  out = data.normalize(jnp.asarray(images), shift, scale)
+  assert isinstance(out, jnp.ndarray) and out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), data.normalize(images, shift, scale), rtol=1e-6)

@@ -1,0 +1,108 @@
+"""Tests of dr_jax.models: shapes, parameter counts, pooling equivalence, summary, registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dr_jax import models
+from dr_jax.errors import UserError
+
+
+def _x(n=3):
+  return jax.random.uniform(jax.random.key(0), (n, 28, 28, 1))
+
+
+def test_classic_has_the_recipes_887530_parameters():
+  model = models.create_model("classic")
+  assert models.count_params(models.init_variables(model, jax.random.key(0))["params"]) == 887_530
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_logits_shape_dtype_finite(name, jit, train):
+  model = models.create_model(name)
+  variables = models.init_variables(model, jax.random.key(0))
+
+  def fn(v, x):
+    return model.apply(v, x, train=train, rngs={"dropout": jax.random.key(1)},
+                       mutable=["batch_stats"] if train and "batch_stats" in v else False)
+
+  out = (jax.jit(fn) if jit else fn)(variables, _x())
+  logits = out[0] if isinstance(out, tuple) else out
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
+  model = models.create_model("classic")
+  v = models.init_variables(model, jax.random.key(0))
+  a = model.apply(v, _x(), train=False)
+  np.testing.assert_array_equal(a, model.apply(v, _x(), train=False))
+  t1 = model.apply(v, _x(), train=True, rngs={"dropout": jax.random.key(1)})
+  t2 = model.apply(v, _x(), train=True, rngs={"dropout": jax.random.key(2)})
+  assert not np.allclose(t1, t2)
+
+
+def test_batch_norm_option_adds_statistics():
+  model = models.create_model("classic", batch_norm=True)
+  v = models.init_variables(model, jax.random.key(0))
+  assert "batch_stats" in v
+  _, updates = model.apply(v, _x(), train=True, rngs={"dropout": jax.random.key(1)},
+                           mutable=["batch_stats"])
+  assert "batch_stats" in updates
+
+
+def test_configurable_widths_change_parameter_count():
+  small = models.create_model("classic", widths=(8, 16), dense=32)
+  assert models.count_params(models.init_variables(small, jax.random.key(0))["params"]) < 100_000
+
+
+@pytest.mark.parametrize("shape", [(2, 28, 28, 3), (1, 14, 14, 5), (2, 7, 7, 2)])
+def test_reshape_pool_equals_reduce_window_forward_and_gradient(shape):
+  """The fast pooling must match nn.max_pool exactly (forward) and in its gradient (no ties)."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  fast = models.max_pool_2x2(x, "reshape")
+  plain = models.max_pool_2x2(x, "reduce_window")
+  np.testing.assert_array_equal(fast, plain)
+  w = jax.random.normal(jax.random.key(1), plain.shape)
+  g_fast = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x, "reshape") * w))(x)
+  g_plain = jax.grad(lambda x: jnp.sum(models.max_pool_2x2(x, "reduce_window") * w))(x)
+  np.testing.assert_allclose(g_fast, g_plain, atol=1e-6)
+
+
+def test_fast_and_plain_models_agree():
+  """Whole-model forward and parameter gradients: reshape pooling vs reduce_window pooling."""
+  fast, plain = models.create_model("classic"), models.create_model("classic", pool="reduce_window")
+  v = models.init_variables(fast, jax.random.key(0))
+  x = _x(4)
+  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
+  g1, g2 = jax.grad(loss(fast))(v["params"]), jax.grad(loss(plain))(v["params"])
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.create_model("classic", dtype="bfloat16")
+  v = models.init_variables(model, jax.random.key(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v["params"]))
+  f32 = models.create_model("classic").apply(v, _x())
+  bf16 = model.apply(v, _x())
+  assert bf16.dtype == jnp.float32
+  np.testing.assert_allclose(bf16, f32, atol=0.05)
+
+
+def test_summary_lists_layers_parameters_and_flops():
+  text = models.summary(models.create_model("classic"))
+  assert "887,530" in text and "Conv_0" in text and "Dense_1" in text and "flops" in text.lower()
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "resnet"}, {"name": "classic", "dtype": "fp8"},
+                                    {"name": "classic", "widths_typo": (1, 2)},
+                                    {"name": "classic", "pool": "avg"}])
+def test_bad_model_options_are_user_errors(kwargs):
+  with pytest.raises(UserError):
+    model = models.create_model(**kwargs)
+    models.init_variables(model, jax.random.key(0))

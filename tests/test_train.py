@@ -1,0 +1,130 @@
+"""Tests of dr_jax.train: a one-epoch smoke run, determinism, resume, divergence, bad sizes."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from dr_jax import checkpoint, config, steps, train
+from dr_jax.errors import UserError
+
+
+def _cfg(**overrides):
+  cfg = config.get_base_config()
+  cfg.num_epochs = 2
+  cfg.batch_size = 32
+  cfg.data.val_fraction = 0.1
+  cfg.model.kwargs.widths = (8, 16)
+  cfg.model.kwargs.dense = 32
+  cfg.train.steps_per_call = 3
+  cfg.train.eval_batch_size = 16
+  return config.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def data_dir(kaggle_dir):
+  return kaggle_dir(n_train=300, n_test=20)
+
+
+def _params(workdir, kind="latest"):
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    state, meta = ckpts.restore(kind)
+  return state["params"], meta
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp("smoke")
+  summary = train.train_and_evaluate(_cfg(num_epochs=3), workdir, data_dir)
+  return workdir, summary
+
+
+def test_smoke_run_learns_and_writes_everything(smoke_run):
+  workdir, summary = smoke_run
+  records = _metrics(workdir)
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  assert records[-1]["train_loss"] < records[0]["train_loss"]
+  assert all(math.isfinite(r["val_loss"]) and r["images_per_s"] > 0 for r in records)
+  best = max(records, key=lambda r: r["val_accuracy"])
+  assert summary["best_epoch"] == best["epoch"]
+  assert summary["best_val_accuracy"] == pytest.approx(best["val_accuracy"])
+  assert (workdir / "checkpoints" / "best" / str(best["epoch"])).is_dir()
+  assert (workdir / "checkpoints" / "latest" / "3").is_dir()
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
+  prov = json.loads((workdir / "provenance.json").read_text())
+  assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint"} <= set(prov[0]["versions"])
+  assert prov[0]["devices"] and prov[0]["git_commit"]
+
+
+def test_best_checkpoint_holds_the_best_epoch(smoke_run):
+  workdir, summary = smoke_run
+  _, meta = _params(workdir, "best")
+  assert meta["epoch"] == summary["best_epoch"]
+  assert meta["val_accuracy"] == pytest.approx(summary["best_val_accuracy"])
+
+
+def test_same_seed_same_result_different_seed_different_result(tmp_path, data_dir, smoke_run):
+  workdir, _ = smoke_run
+  again = tmp_path / "again"
+  train.train_and_evaluate(_cfg(num_epochs=3), again, data_dir)
+  a, b = _params(workdir)[0], _params(again)[0]
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")}
+                      for r in rs]
+  assert strip(_metrics(workdir)) == strip(_metrics(again))
+  other = tmp_path / "other"
+  train.train_and_evaluate(_cfg(num_epochs=1, seed=1), other, data_dir)
+  assert _metrics(other)[0]["train_loss"] != _metrics(workdir)[0]["train_loss"]
+
+
+def test_resume_continues_bitwise_like_an_uninterrupted_run(tmp_path, data_dir, smoke_run):
+  workdir, _ = smoke_run
+  resumed = tmp_path / "resumed"
+  train.train_and_evaluate(_cfg(num_epochs=1), resumed, data_dir)
+  train.train_and_evaluate(_cfg(num_epochs=3), resumed, data_dir)
+  for x, y in zip(jax.tree.leaves(_params(workdir)[0]), jax.tree.leaves(_params(resumed)[0])):
+    np.testing.assert_array_equal(x, y)
+  assert [r["epoch"] for r in _metrics(resumed)] == [1, 2, 3]
+  assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(workdir)[-1]["val_accuracy"]
+
+
+def test_finished_run_is_not_retrained(smoke_run, data_dir):
+  workdir, _ = smoke_run
+  before = (workdir / "metrics.jsonl").read_text()
+  train.train_and_evaluate(_cfg(num_epochs=3), workdir, data_dir)
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(tmp_path, data_dir, monkeypatch):
+  workdir = tmp_path / "nan"
+  train.train_and_evaluate(_cfg(num_epochs=1), workdir, data_dir)
+  original = steps.train_step
+
+  def poisoned(state, images, targets, key, pre):
+    state, metrics = original(state, images, targets, key, pre)
+    return state, dict(metrics, loss=metrics["loss"] * np.nan)
+
+  monkeypatch.setattr(steps, "train_step", poisoned)
+  with pytest.raises(train.TrainingDiverged, match=r"epoch 2 step \d+"):
+    train.train_and_evaluate(_cfg(num_epochs=2), workdir, data_dir)
+  assert _params(workdir)[1]["epoch"] == 1
+
+
+def test_batch_larger_than_training_set_is_a_user_error(tmp_path, data_dir):
+  with pytest.raises(UserError, match="batch_size"):
+    train.train_and_evaluate(_cfg(batch_size=1000), tmp_path / "big", data_dir)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential", "onecycle"])
+def test_every_schedule_trains(tmp_path, data_dir, schedule):
+  workdir = tmp_path / schedule
+  train.train_and_evaluate(_cfg(num_epochs=1, **{"schedule.name": schedule}), workdir, data_dir)
+  assert math.isfinite(_metrics(workdir)[0]["train_loss"])
