@@ -31,8 +31,12 @@ class Checkpoints:
 
   def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
     """Saves a state pytree and JSON metadata for `epoch` (asynchronously)."""
+    manager = self.managers[kind]
+    if epoch in manager.all_steps():
+      # Left by a run killed before its `latest` save; the resumed run recomputes this epoch.
+      manager.delete(epoch)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self.managers[kind].save(epoch, args=args, force=True)
+    manager.save(epoch, args=args, force=True)
 
   def latest_epoch(self, kind: str) -> int | None:
     """The epoch of the newest complete checkpoint of `kind`, or None."""
@@ -55,6 +59,14 @@ class Checkpoints:
       raise UserError(f"{self.root / kind / str(epoch)}: checkpoint cannot be read ({first}); "
                       "it is damaged or from another model: delete it, or retrain") from None
     return restored["state"], restored["meta"]
+
+  def meta(self, kind: str) -> dict | None:
+    """The JSON metadata of the newest `kind` checkpoint (without loading arrays), or None."""
+    manager = self.managers[kind]
+    epoch = manager.latest_step()
+    if epoch is None:
+      return None
+    return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

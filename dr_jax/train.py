@@ -161,6 +161,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     state_tree, meta = ckpts.restore("latest", target=_ckpt_tree(state))
     state = state.replace(**state_tree)
     plateau = optim.PlateauState(*meta["plateau"])
+    best = ckpts.meta("best")
+    if best and best["epoch"] > meta["epoch"]:
+      # Killed between the best and latest saves: keep that best, never overwrite it with worse.
+      meta |= {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"]}
     _truncate_metrics(workdir / "metrics.jsonl", meta["epoch"])
     _log(f"resuming {workdir} after epoch {meta['epoch']} (best so far: epoch "
          f"{meta['best_epoch']}, val accuracy {meta['best_val_accuracy']:.4f})")
@@ -216,6 +220,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
       tree = _ckpt_tree(state)
       if improved:
         ckpts.save("best", epoch, tree, meta | {"val_accuracy": val["accuracy"]})
+        # `latest` must never point past `best`: a kill between the two saves then only
+        # repeats this epoch, which rewrites the same best checkpoint.
+        ckpts.wait()
       ckpts.save("latest", epoch, tree, meta)
       _write_epoch(writer, workdir, record)
       eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)

@@ -214,17 +214,11 @@ def _gzip_bytes(lines):
                                        + lines[8:]),
                  ["train.csv", "line 8", "784 fields", "785"], id="short-row"),
     pytest.param(lambda lines: set_cell(lines, 4, 11, "abc"),
-                 ["train.csv", "line 6", "pixel10", "'abc'"], id="non-numeric",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "bug: data.py:150 tests `dtype == object`, but pandas 3 reads text columns "
-                     "as `str` dtype, so the check is skipped and to_numpy raises a traceback"))),
+                 ["train.csv", "line 6", "pixel10", "'abc'"], id="non-numeric"),
     pytest.param(lambda lines: set_cell(lines, 8, 101, ""),
                  ["train.csv", "pixel100", "line 10"], id="empty-cell"),
     pytest.param(lambda lines: set_cell(lines, 2, 20, "1.5"),
-                 ["train.csv", "line 4", "pixel19", "holds 1.5,"], id="fraction",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "bug: data.py:178 formats the value with !r, which numpy 2 prints as "
-                     "np.float64(1.5)"))),
+                 ["train.csv", "line 4", "pixel19", "holds 1.5,"], id="fraction"),
     pytest.param(lambda lines: set_cell(lines, 3, 51, "300"),
                  ["train.csv", "line 5", "pixel50", "300"], id="pixel-300"),
     pytest.param(lambda lines: set_cell(lines, 5, 0, "12"),

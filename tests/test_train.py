@@ -2,6 +2,11 @@
 
 import json
 import math
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -9,6 +14,8 @@ import pytest
 
 from dr_jax import checkpoint, config, steps, train
 from dr_jax.errors import UserError
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
 def _cfg(**overrides):
@@ -128,3 +135,62 @@ def test_every_schedule_trains(tmp_path, data_dir, schedule):
   workdir = tmp_path / schedule
   train.train_and_evaluate(_cfg(num_epochs=1, **{"schedule.name": schedule}), workdir, data_dir)
   assert math.isfinite(_metrics(workdir)[0]["train_loss"])
+
+
+_CLI_OVERRIDES = ["--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=32",
+                  "--config.data.val_fraction=0.1", "--config.batch_size=16",
+                  "--config.train.steps_per_call=2"]
+
+
+def _start(workdir, data_dir, cli_env, epochs):
+  """Starts `dr-jax train` in a subprocess on the tiny config."""
+  cmd = [sys.executable, "-m", "dr_jax", "train", "--config", str(EXPERIMENTS / "tiny.py"),
+         "--workdir", str(workdir), "--data-dir", str(data_dir),
+         f"--config.num_epochs={epochs}", *_CLI_OVERRIDES]
+  return subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _wait_for(path, proc, timeout=240):
+  start = time.time()
+  while not path.exists():
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - start < timeout, f"{path} never appeared"
+    time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, data_dir, cli_env):
+  """Kill -9 after epoch 2's checkpoint, restart: final parameters are bitwise identical."""
+  straight = _start(tmp_path / "straight", data_dir, cli_env, epochs=4)
+  assert straight.wait(timeout=300) == 0, straight.communicate()
+  killed_dir = tmp_path / "killed"
+  proc = _start(killed_dir, data_dir, cli_env, epochs=4)
+  _wait_for(killed_dir / "checkpoints" / "latest" / "2", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  resumed = _start(killed_dir, data_dir, cli_env, epochs=4)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  assert "resuming" in err
+  for x, y in zip(jax.tree.leaves(_params(tmp_path / "straight")[0]),
+                  jax.tree.leaves(_params(killed_dir)[0])):
+    np.testing.assert_array_equal(x, y)
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")}
+                      for r in rs]
+  assert strip(_metrics(killed_dir)) == strip(_metrics(tmp_path / "straight"))
+  assert _params(killed_dir, "best")[1]["epoch"] == _params(tmp_path / "straight", "best")[1]["epoch"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_after_saving(tmp_path, data_dir, cli_env):
+  workdir = tmp_path / "interrupted"
+  proc = _start(workdir, data_dir, cli_env, epochs=50)
+  _wait_for(workdir / "checkpoints" / "latest" / "1", proc)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert "interrupted" in err and "Traceback" not in err
+  _, meta = _params(workdir)
+  assert meta["epoch"] >= 1
+  assert len(_metrics(workdir)) >= meta["epoch"]

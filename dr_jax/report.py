@@ -1,0 +1,277 @@
+"""`dr-jax report`: learning curves, confusion matrix, worst errors, filters and feature maps."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pathlib
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tensorboardX import SummaryWriter
+
+from dr_jax import data, predict, provenance, steps, train
+from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_bytes, atomic_write_text
+
+DPI = 100
+# Inches; at DPI each PNG is exactly figsize * DPI pixels (no tight bounding box).
+FIGSIZES = {"learning_curves": (15.0, 4.0), "confusion_matrix": (7.0, 6.0),
+            "worst_errors": (12.0, 9.0), "conv1_filters": (6.0, 6.0), "digit": (3.0, 3.0),
+            "feature_maps": (8.0, 8.0)}
+WORST_ERRORS = 24
+TENSORBOARD_ERRORS = 8
+
+
+# Pure computations.
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities `(n, 10)` from logits `(n, 10)`."""
+  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray,
+                     num_classes: int = data.NUM_CLASSES) -> np.ndarray:
+  """Counts `(num_classes, num_classes)`: row = true label, column = predicted label."""
+  flat = np.asarray(labels, np.int64) * num_classes + np.asarray(predicted, np.int64)
+  return np.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def worst_errors(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
+  """Indices of up to `k` misclassified rows, most confident wrong prediction first."""
+  predicted = probs.argmax(axis=-1)
+  wrong = np.flatnonzero(predicted != labels)
+  confidence = probs[wrong, predicted[wrong]]
+  # Stable, so equally confident errors keep their dataset order (reproducible figures).
+  return wrong[np.argsort(-confidence, kind="stable")][:k]
+
+
+def first_conv_kernel(params: dict) -> np.ndarray:
+  """The first layer's conv kernel `(kh, kw, 1, C)`."""
+  # The input has one channel, so only the first conv's kernel has in-channels 1; this holds
+  # whatever the module names are and however a checkpoint orders them.
+  for path, value in traverse_util.flatten_dict(params).items():
+    if path[-1] == "kernel" and value.ndim == 4 and value.shape[2] == 1:
+      return np.asarray(value, np.float32)
+  raise UserError("the model has no convolution on the input image; nothing to show as filters")
+
+
+def feature_maps(apply_fn: Callable, variables: dict, image: jax.Array,
+                 pre: steps.Preprocess) -> dict[str, jax.Array]:
+  """Each conv layer's output `(H, W, C)` for one uint8 image `(28, 28, 1)`, in call order."""
+  x = data.normalize(jnp.asarray(image)[None], pre.shift, pre.scale)
+  _, state = apply_fn(variables, x, train=False,
+                      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv),
+                      mutable=["intermediates"])
+  # Keys are (..., module name, "__call__"); the value holds one output per call.
+  return {"/".join(path[:-1]): outputs[0][0]
+          for path, outputs in traverse_util.flatten_dict(state["intermediates"]).items()}
+
+
+def first_with_label(labels: np.ndarray, digit: int) -> int:
+  """Index of the first row labelled `digit`."""
+  found = np.flatnonzero(np.asarray(labels) == digit)
+  if not len(found):
+    raise UserError(f"no validation image has label {digit}; pass another --digit")
+  return int(found[0])
+
+
+# Figures (matplotlib's Agg canvas directly: headless, and no pyplot global state).
+
+def _figure(kind: str) -> Figure:
+  fig = Figure(figsize=FIGSIZES[kind], dpi=DPI, layout="constrained")
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _grid(fig: Figure, n: int) -> list:
+  """A near-square grid of `n` image axes without ticks."""
+  cols = max(1, math.ceil(math.sqrt(n)))
+  rows = max(1, math.ceil(n / cols))
+  axes = fig.subplots(rows, cols, squeeze=False).ravel()
+  for ax in axes:
+    ax.set_axis_off()
+  return list(axes[:n])
+
+
+def plot_learning_curves(records: list[dict]) -> Figure:
+  """Train/val loss, train/val accuracy and learning rate per epoch, best epoch marked."""
+  fig = _figure("learning_curves")
+  axes = fig.subplots(1, 3)
+  epochs = [r["epoch"] for r in records]
+  best = max(records, key=lambda r: r["val_accuracy"])["epoch"]
+  for ax, metric in zip(axes[:2], ("loss", "accuracy")):
+    ax.plot(epochs, [r[f"train_{metric}"] for r in records], "o-", label="train")
+    ax.plot(epochs, [r[f"val_{metric}"] for r in records], "o-", label="validation")
+    ax.set_title(metric)
+  axes[2].plot(epochs, [r["lr"] for r in records], "o-", color="tab:green")
+  axes[2].set_title("learning rate")
+  if all(r["lr"] > 0 for r in records):
+    axes[2].set_yscale("log")
+  for ax in axes:
+    ax.axvline(best, color="gray", linestyle=":", label=f"best epoch ({best})")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  return fig
+
+
+def plot_confusion(counts: np.ndarray) -> Figure:
+  """The confusion matrix with every non-zero count written in its cell."""
+  fig = _figure("confusion_matrix")
+  ax = fig.subplots()
+  image = ax.imshow(counts, cmap="Blues")
+  fig.colorbar(image, ax=ax)
+  for (true, pred), count in np.ndenumerate(counts):
+    if count:
+      ax.text(pred, true, str(count), ha="center", va="center", fontsize=8,
+              color="white" if count > counts.max() / 2 else "black")
+  ticks = range(len(counts))
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  errors = int(counts.sum() - np.trace(counts))
+  ax.set_title(f"validation: {errors} errors of {int(counts.sum())}")
+  return fig
+
+
+def plot_worst_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                      indices: np.ndarray) -> Figure:
+  """The given misclassified images, each titled true → predicted (confidence)."""
+  fig = _figure("worst_errors")
+  if not len(indices):
+    fig.text(0.5, 0.5, "no misclassified validation images", ha="center", va="center")
+    return fig
+  for ax, i in zip(_grid(fig, len(indices)), indices):
+    pred = int(probs[i].argmax())
+    ax.imshow(images[i, :, :, 0], cmap="gray")
+    ax.set_title(f"true {labels[i]} → {pred}\n{probs[i, pred]:.1%}", fontsize=9)
+  fig.suptitle("most confident validation errors")
+  return fig
+
+
+def plot_filters(kernel: np.ndarray) -> Figure:
+  """First-layer filters `(kh, kw, 1, C)`, one cell each."""
+  fig = _figure("conv1_filters")
+  # One symmetric colour scale for all filters, so their weights compare across cells.
+  limit = float(np.abs(kernel).max()) or 1.0
+  for c, ax in enumerate(_grid(fig, kernel.shape[-1])):
+    ax.imshow(kernel[:, :, 0, c], cmap="RdBu_r", vmin=-limit, vmax=limit)
+  fig.suptitle(f"first conv layer: {kernel.shape[-1]} filters of {kernel.shape[0]}×"
+               f"{kernel.shape[1]} (red +, blue −)")
+  return fig
+
+
+def plot_digit(image: np.ndarray, title: str) -> Figure:
+  """One input image."""
+  fig = _figure("digit")
+  ax = fig.subplots()
+  ax.imshow(image[:, :, 0], cmap="gray")
+  ax.set_axis_off()
+  ax.set_title(title, fontsize=9)
+  return fig
+
+
+def plot_feature_maps(maps: np.ndarray, title: str) -> Figure:
+  """One layer's activations `(H, W, C)`, one channel per cell."""
+  fig = _figure("feature_maps")
+  for c, ax in enumerate(_grid(fig, maps.shape[-1])):
+    ax.imshow(maps[:, :, c], cmap="viridis")
+  fig.suptitle(title)
+  return fig
+
+
+def save_figure(fig: Figure, path: pathlib.Path) -> pathlib.Path:
+  """Writes `fig` as a PNG atomically and returns the path."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=DPI)
+  atomic_write_bytes(path, buffer.getvalue())
+  return path
+
+
+# The command.
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """The per-epoch records of metrics.jsonl."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
+    raise UserError(f"{path} not found; train first with `dr-jax train --workdir {workdir}`")
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  if not records:
+    raise UserError(f"{path} is empty; train at least one epoch first")
+  return records
+
+
+def _test_accuracy(workdir: pathlib.Path, data_dir: pathlib.Path) -> float | None:
+  submission, answers = workdir / "submission.csv", data_dir / "test_answers.csv"
+  if submission.is_file() and answers.is_file():
+    return predict.score(submission, answers)
+  return None
+
+
+def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -> pathlib.Path:
+  """Writes the figures and `index.md` into WORKDIR/report/ and returns index.md's path."""
+  workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
+  records = read_metrics(workdir)
+  # The split is rebuilt from the run's own config so "validation" means the same images.
+  split = train.load_split(provenance.read_config(workdir), data_dir)
+  predictor = predict.load_predictor(workdir)
+  images, labels = split.val.images, split.val.labels
+  probs = softmax(predictor.logits(images))
+  counts = confusion_counts(labels, probs.argmax(axis=-1))
+  worst = worst_errors(labels, probs, WORST_ERRORS)
+  chosen = first_with_label(labels, digit)
+  maps = feature_maps(predictor.apply_fn, predictor.variables, images[chosen], predictor.pre)
+
+  out = workdir / "report"
+  figures = {"learning_curves": plot_learning_curves(records),
+             "confusion_matrix": plot_confusion(counts),
+             "worst_errors": plot_worst_errors(images, labels, probs, worst),
+             "conv1_filters": plot_filters(first_conv_kernel(predictor.variables["params"])),
+             "digit": plot_digit(images[chosen], f"validation image {chosen} (label {digit})")}
+  for name, value in maps.items():
+    figures[f"feature_maps_{name.replace('/', '_')}"] = plot_feature_maps(
+        np.asarray(value, np.float32),
+        f"{name} output {tuple(value.shape)} for validation image {chosen} (label {digit})")
+  paths = {name: save_figure(fig, out / f"{name}.png") for name, fig in figures.items()}
+
+  step = records[-1]["epoch"]
+  writer = SummaryWriter(str(workdir / "tensorboard"))
+  writer.add_figure("report/confusion_matrix", figures["confusion_matrix"], step, close=False)
+  for rank, i in enumerate(worst[:TENSORBOARD_ERRORS]):
+    writer.add_image(f"report/error_{rank}_true{labels[i]}_pred{probs[i].argmax()}", images[i],
+                     step, dataformats="HWC")
+  writer.close()
+
+  test_accuracy = _test_accuracy(workdir, data_dir)
+  index = out / "index.md"
+  atomic_write_text(index, _index_text(workdir, records, predictor, counts, test_accuracy, paths))
+  return index
+
+
+def _index_text(workdir: pathlib.Path, records: list[dict], predictor: predict.Predictor,
+                counts: np.ndarray, test_accuracy: float | None,
+                paths: dict[str, pathlib.Path]) -> str:
+  """The markdown page: a short results table, then every figure by relative link."""
+  n, errors = int(counts.sum()), int(counts.sum() - np.trace(counts))
+  test = f"{test_accuracy:.4f}" if test_accuracy is not None else \
+      "n/a (needs submission.csv in the run and test_answers.csv in the data dir)"
+  lines = [f"# Report: {workdir}", "", "| | |", "|---|---|",
+           f"| best epoch | {predictor.epoch} of {records[-1]['epoch']} |",
+           f"| best val accuracy | {predictor.val_accuracy:.4f} ({errors} errors of {n}) |",
+           f"| test accuracy | {test} |", ""]
+  captions = {"learning_curves": "Learning curves", "confusion_matrix": "Confusion matrix "
+              "(validation)", "worst_errors": "Most confident errors (validation)",
+              "conv1_filters": "First-layer filters", "digit": "Feature maps: input image"}
+  for name, path in paths.items():
+    caption = captions.get(name, f"Feature maps: {name.removeprefix('feature_maps_')}")
+    lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+  return "\n".join(lines)
