@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -52,13 +55,30 @@ class Checkpoints:
     state_args = ocp.args.StandardRestore(target) if target is not None else \
         ocp.args.StandardRestore()
     try:
-      restored = manager.restore(epoch, args=ocp.args.Composite(state=state_args,
-                                                                meta=ocp.args.JsonRestore()))
+      restored = self._quiet_restore(manager, epoch, ocp.args.Composite(
+          state=state_args, meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for damaged files; all mean the same here.
-      first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-      raise UserError(f"{self.root / kind / str(epoch)}: checkpoint cannot be read ({first}); "
-                      "it is damaged or from another model: delete it, or retrain") from None
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      first = first if len(first) <= 160 else first[:157] + "..."
+      raise UserError(f"{self.root / kind / str(epoch)}: checkpoint cannot be read "
+                      f"({type(e).__name__}: {first}); it is damaged or from another model: "
+                      "delete it, or retrain") from None
     return restored["state"], restored["meta"]
+
+  @staticmethod
+  def _quiet_restore(manager: ocp.CheckpointManager, epoch: int, args: ocp.args.Composite) -> Any:
+    """Restores; on failure, lets orbax's pending reads finish before raising.
+
+    With a damaged file, reads still in flight when orbax closes its event loop print
+    "Event loop is closed" tracebacks; they carry nothing the one-line error does not.
+    """
+    with contextlib.redirect_stderr(io.StringIO()):
+      try:
+        return manager.restore(epoch, args=args)
+      except Exception:
+        manager.close()
+        time.sleep(1.0)
+        raise
 
   def meta(self, kind: str) -> dict | None:
     """The JSON metadata of the newest `kind` checkpoint (without loading arrays), or None."""

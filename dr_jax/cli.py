@@ -67,6 +67,24 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--predict-images", type=int, default=28000,
                  help="images in the timed predict (Kaggle's test set has 28,000)")
+
+  p = add("sweep", "Train configs x seeds (resumable), then tabulate mean ± std per config.")
+  p.add_argument("configs", type=pathlib.Path, nargs="+", metavar="CONFIG",
+                 help="config files; a file with get_grid() adds one row per variant")
+  p.add_argument("--seeds", type=int, required=True,
+                 help="runs per config, with seeds base, base+1, ... (the config's seed)")
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("--workdir", type=pathlib.Path,
+                 help="defaults to runs/sweep (runs/sweep_quick with --quick)")
+  p.add_argument("--quick", action="store_true",
+                 help="smoke run: --config.num_epochs=2 --config.data.subset=2000")
+
+  p = add("report", "Figures of a trained run (curves, confusion, errors, filters, feature "
+          "maps) in WORKDIR/report/index.md.")
+  p.add_argument("workdir", type=pathlib.Path, metavar="WORKDIR")
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("--digit", type=int, choices=range(10), default=7,
+                 help="feature maps of the first validation image with this label")
   return parser
 
 
@@ -103,7 +121,7 @@ def _answers(args: argparse.Namespace) -> pathlib.Path:
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   """Dispatches a parsed command; heavy imports happen here so `--help` stays fast."""
-  if overrides and args.command not in ("train", "run", "summary", "bench"):
+  if overrides and args.command not in ("train", "run", "summary", "bench", "sweep"):
     raise UserError(f"--config.{overrides[0]}: `{args.command}` takes no config overrides")
   if args.command == "fetch":
     from dr_jax import fetch
@@ -139,6 +157,17 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = _config(args.config or _default_config(), overrides)
     bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
                predict_n=args.predict_images)
+  elif args.command == "sweep":
+    from dr_jax import sweep
+
+    workdir = args.workdir or pathlib.Path("runs") / ("sweep_quick" if args.quick else "sweep")
+    sweep.sweep(args.configs, args.seeds, workdir, args.data_dir, overrides, quick=args.quick)
+    print((workdir / "results.md").read_text(), end="")
+    print(f"results: {workdir / 'results.csv'}, {workdir / 'results.png'}", file=sys.stderr)
+  elif args.command == "report":
+    from dr_jax import report
+
+    print(report.make_report(args.workdir, args.data_dir, args.digit))
 
 
 def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:

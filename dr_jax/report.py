@@ -15,6 +15,7 @@ import numpy as np
 from flax import traverse_util
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tensorboardX import SummaryWriter
 
 from dr_jax import data, predict, provenance, steps, train
@@ -118,6 +119,7 @@ def plot_learning_curves(records: list[dict]) -> Figure:
   for ax in axes:
     ax.axvline(best, color="gray", linestyle=":", label=f"best epoch ({best})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
   axes[0].legend()
   return fig

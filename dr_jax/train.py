@@ -142,8 +142,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Trains `cfg` in `workdir` (resuming from its latest checkpoint) and returns the summary."""
   check(cfg)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   split = load_split(cfg, data_dir)
+  workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   n_train = len(split.train.labels)
   steps_per_epoch, n_calls, n_tail = _epoch_plan(n_train, cfg)
   k = cfg.train.steps_per_call if n_calls else 1

@@ -311,10 +311,6 @@ def test_predict_on_corrupt_checkpoint_array_data(run_cli, workdir_copy, data):
   assert snapshot(workdir_copy) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: with a damaged OCDBT index (checkpoints/best/N/state/d/*), in most runs, "
-    "manager.restore (checkpoint.py:51) prints many 'RuntimeError: Event loop is closed' "
-    "tracebacks from reads still pending when orbax closes its loop, before the one-line error"))
 def test_predict_on_corrupt_checkpoint_index(run_cli, workdir_copy, data):
   best = next((workdir_copy / "checkpoints" / "best").iterdir())
   _garble(list((best / "state" / "d").iterdir()))

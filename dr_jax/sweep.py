@@ -1,0 +1,279 @@
+"""`dr-jax sweep`: configs × seeds, resumable after a kill, summarised as mean ± std per config."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import pathlib
+import re
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dr_jax import config, predict, provenance, report, train
+from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_text
+
+# --quick: two epochs on the first 2,000 training rows, enough to smoke-test a sweep's configs
+# in minutes. Applied before --config.KEY=VALUE overrides, which can change them again.
+QUICK_OVERRIDES = ("num_epochs=2", "data.subset=2000")
+RESULT = "result.json"
+COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
+           "best_epoch", "epochs", "wall_s", "images_per_s", "resumed", "run_dir")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One config and seed of a sweep, and the directory it trains in."""
+
+  name: str
+  seed_index: int
+  cfg: ml_collections.ConfigDict
+  run_dir: pathlib.Path
+
+
+def _defines_grid(path: pathlib.Path) -> bool:
+  """Whether the file defines a top-level get_grid(), found without running it."""
+  try:
+    tree = ast.parse(path.read_text())
+  except SyntaxError:
+    return False  # config.load_config reports it with the file and line.
+  return any(isinstance(node, ast.FunctionDef) and node.name == "get_grid" for node in tree.body)
+
+
+def _load_grid(path: pathlib.Path) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """Imports a config file (its siblings importable, as for get_config) and calls get_grid()."""
+  spec = importlib.util.spec_from_file_location(f"_dr_jax_grid_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, str(path.parent))
+  try:
+    spec.loader.exec_module(module)
+    grid = list(module.get_grid())
+  except UserError:
+    raise
+  except Exception as e:  # A user's grid may raise anything; report where, in one line.
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise UserError(f"config file {path} raised {type(e).__name__}: {first} (at "
+                    f"{pathlib.Path(frame.filename).name}:{frame.lineno})") from None
+  finally:
+    sys.path.remove(str(path.parent))
+  if not grid:
+    raise UserError(f"config file {path}: get_grid() returned no variants")
+  for item in grid:
+    if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+            and isinstance(item[1], ml_collections.ConfigDict)):
+      raise UserError(f"config file {path}: get_grid() must return (name, ConfigDict) pairs, "
+                      f"got {type(item).__name__} {str(item)[:60]!r}")
+  return grid
+
+
+def load_variants(path: pathlib.Path) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """A config file's (name, config) rows: one per get_grid() variant, else its get_config()."""
+  path = pathlib.Path(path)
+  if path.is_file() and _defines_grid(path):
+    return [(f"{path.stem}/{name}", cfg) for name, cfg in _load_grid(path)]
+  return [(path.stem, config.load_config(path))]
+
+
+def plan(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
+         overrides: Sequence[str] = (), quick: bool = False) -> list[Run]:
+  """Every run of the sweep, configs checked up front so a typo fails before hours of training."""
+  if seeds < 1:
+    raise UserError(f"--seeds {seeds}: need at least 1 seed per config")
+  overrides = [*QUICK_OVERRIDES, *overrides] if quick else list(overrides)
+  runs, names = [], set()
+  for path in paths:
+    for name, cfg in load_variants(path):
+      if not all(_NAME.fullmatch(part) for part in name.split("/")):
+        raise UserError(f"{path}: config name {name!r} must be letters, digits, '_', '-' or '.'")
+      if name in names:
+        raise UserError(f"two configs are named {name!r}; rename one (each gets the directory "
+                        f"{workdir / name})")
+      names.add(name)
+      cfg = config.apply_overrides(cfg, overrides)
+      config.check(cfg)
+      for i in range(seeds):
+        runs.append(Run(name, i, config.apply_overrides(cfg, [f"seed={cfg.seed + i}"]),
+                        pathlib.Path(workdir) / name / f"seed{i}"))
+  return runs
+
+
+def _check_same_config(run: Run) -> None:
+  """Refuses to resume or reuse a run directory trained with another config."""
+  if not (run.run_dir / "config.json").is_file():
+    return
+  saved, wanted = (config.flatten(provenance.read_config(run.run_dir)), config.flatten(run.cfg))
+  diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+  if diff:
+    key = diff[0]
+    raise UserError(f"{run.run_dir} was trained with {key}={saved.get(key)!r}, this sweep has "
+                    f"{wanted.get(key)!r}; use another --workdir or delete {run.run_dir}")
+
+
+def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
+  """Trains (or resumes), predicts and scores one run, then writes its result.json atomically."""
+  data_dir = pathlib.Path(data_dir)
+  metrics = run.run_dir / "metrics.jsonl"
+  resumed = metrics.is_file() and bool(metrics.read_text().strip())
+  result = {"config": run.name, "seed_index": run.seed_index, "seed": run.cfg.seed,
+            "status": "ok", "best_val_accuracy": None, "test_accuracy": None,
+            "best_epoch": None, "epochs": run.cfg.num_epochs, "wall_s": None,
+            "images_per_s": None, "resumed": resumed, "run_dir": str(run.run_dir)}
+  start = time.time()
+  try:
+    summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir)
+  except train.TrainingDiverged as e:
+    # Deterministic for this config and seed, so it is recorded (not retried) and the sweep
+    # goes on with the other runs.
+    _log(f"{run.name} seed{run.seed_index}: {e}")
+    result.update(status="diverged", error=str(e))
+  else:
+    out, _ = predict.predict(run.run_dir, data_dir)
+    answers = data_dir / "test_answers.csv"
+    records = report.read_metrics(run.run_dir)
+    result.update(best_val_accuracy=summary["best_val_accuracy"],
+                  best_epoch=summary["best_epoch"],
+                  test_accuracy=predict.score(out, answers) if answers.is_file() else None,
+                  images_per_s=float(np.mean([r["images_per_s"] for r in records])))
+  # For a resumed run this is the time of the session that finished it (see `resumed`).
+  result["wall_s"] = time.time() - start
+  atomic_write_text(run.run_dir / RESULT, json.dumps(result, indent=2) + "\n")
+  return result
+
+
+def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
+          data_dir: pathlib.Path, overrides: Sequence[str] = (),
+          quick: bool = False) -> list[dict[str, Any]]:
+  """Runs every config × seed not finished yet and writes results.csv/.md/.png in `workdir`."""
+  workdir = pathlib.Path(workdir)
+  runs = plan(paths, seeds, workdir, overrides, quick)
+  for run in runs:
+    _check_same_config(run)
+  results = []
+  for k, run in enumerate(runs, start=1):
+    where = f"[{k}/{len(runs)}] {run.name} seed{run.seed_index} (seed {run.cfg.seed})"
+    done = run.run_dir / RESULT
+    if done.is_file():
+      _log(f"{where}: finished earlier, skipped")
+      results.append(json.loads(done.read_text()))
+      continue
+    _log(f"{where}: training in {run.run_dir}")
+    results.append(run_one(run, data_dir))
+    # Rewritten after every run, so an unattended sweep's progress can be read at any time.
+    write_results(workdir, results)
+  write_results(workdir, results)
+  return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+  """Mean and sample standard deviation (0 for one value); None for no values."""
+  if not values:
+    return None
+  return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per config (in sweep order): finished and diverged run counts, mean ± std of each metric."""
+  rows = []
+  for name in dict.fromkeys(r["config"] for r in results):
+    ok = [r for r in results if r["config"] == name and r["status"] == "ok"]
+    row = {"config": name, "n": len(ok),
+           "diverged": sum(r["config"] == name and r["status"] == "diverged" for r in results)}
+    for key in ("best_val_accuracy", "test_accuracy", "best_epoch", "wall_s", "images_per_s"):
+      row[key] = _mean_std([r[key] for r in ok if r[key] is not None])
+    rows.append(row)
+  return rows
+
+
+def _fmt(stat: tuple[float, float] | None, digits: int, n: int) -> str:
+  if stat is None:
+    return "–"
+  mean, std = stat
+  return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def results_markdown(results: list[dict[str, Any]]) -> str:
+  """results.md: one row per config, mean ± sample std over its seeds."""
+  lines = ["# Sweep results", "",
+           "Mean ± sample standard deviation over seeds (seed = the config's seed + i); one row "
+           "per run in results.csv.", "",
+           "| config | seeds | best val accuracy | test accuracy | epochs to best | wall time (s) "
+           "| images/s |", "|---|---|---|---|---|---|---|"]
+  for row in summarize(results):
+    n = row["n"]
+    seeds = f"{n} (+{row['diverged']} diverged)" if row["diverged"] else str(n)
+    lines.append(f"| {row['config']} | {seeds} | {_fmt(row['best_val_accuracy'], 4, n)} | "
+                 f"{_fmt(row['test_accuracy'], 4, n)} | {_fmt(row['best_epoch'], 1, n)} | "
+                 f"{_fmt(row['wall_s'], 0, n)} | {_fmt(row['images_per_s'], 0, n)} |")
+  if any(r["resumed"] for r in results):
+    lines += ["", "Some runs were resumed after an interruption; their wall time is that of the "
+              "session that finished them."]
+  return "\n".join(lines) + "\n"
+
+
+def results_csv(results: list[dict[str, Any]]) -> str:
+  """results.csv: one row per run; empty cells for missing values."""
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
+  writer.writeheader()
+  for r in results:
+    writer.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+  return buffer.getvalue()
+
+
+def results_figsize(n_configs: int) -> tuple[float, float]:
+  """Inches of results.png: a fixed width and a row per config."""
+  return 8.0, 1.5 + 0.4 * max(n_configs, 1)
+
+
+def plot_results(results: list[dict[str, Any]]) -> Figure:
+  """Bars of mean ± std test accuracy per config (validation accuracy without test answers)."""
+  rows = [r for r in summarize(results) if r["n"]]
+  ok = [r for r in results if r["status"] == "ok"]
+  key = "test_accuracy" if ok and all(r["test_accuracy"] is not None for r in ok) \
+      else "best_val_accuracy"
+  fig = Figure(figsize=results_figsize(len(rows)), dpi=report.DPI, layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  if not rows:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
+    return fig
+  means = np.array([r[key][0] for r in rows])
+  stds = np.array([r[key][1] for r in rows])
+  positions = np.arange(len(rows))[::-1]  # First config at the top, as in results.md.
+  ax.barh(positions, means, xerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+  ax.set_yticks(positions, [r["config"] for r in rows])
+  for y, mean, std in zip(positions, means, stds):
+    ax.text(mean + std, y, f"  {mean:.4f}", va="center", fontsize=8)
+  # Accuracies differ in the third decimal; an axis from 0 would hide every difference.
+  low, high = float((means - stds).min()), float((means + stds).max())
+  pad = max(high - low, 1e-3) * 0.3
+  ax.set_xlim(max(0.0, low - pad), high + 2 * pad)  # Room on the right for the labels.
+  label = "test accuracy" if key == "test_accuracy" else "best validation accuracy"
+  ax.set_xlabel(f"{label} (mean ± std over seeds)")
+  ax.grid(axis="x", alpha=0.3)
+  return fig
+
+
+def write_results(workdir: pathlib.Path, results: list[dict[str, Any]]) -> None:
+  """Writes results.csv, results.md and results.png atomically."""
+  atomic_write_text(workdir / "results.csv", results_csv(results))
+  atomic_write_text(workdir / "results.md", results_markdown(results))
+  report.save_figure(plot_results(results), workdir / "results.png")
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,16 @@
+"""Ablation of experiments/default.py: Keras-style ReduceLROnPlateau on val accuracy instead of one-cycle.
+
+Command: dr-jax sweep experiments/ablations/plateau_lr.py --seeds 3
+Results: accuracy and time are in README's Ablations table, measured with the command above next
+to `dr-jax sweep experiments/default.py --seeds 3`.
+"""
+
+import pathlib
+
+from dr_jax.config import load_config
+
+
+def get_config():
+  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "default.py")
+  c.schedule.name = "plateau"
+  return c

@@ -1,0 +1,166 @@
+"""Tests of dr_jax.report: the pure computations, and a report of a real tiny run."""
+
+import re
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from dr_jax import cli, config, models, predict, provenance, report, steps, train
+from dr_jax.errors import UserError
+
+FIGURES = {"learning_curves", "confusion_matrix", "worst_errors", "conv1_filters", "digit",
+           "feature_maps_Conv_0", "feature_maps_Conv_1", "feature_maps_Conv_2",
+           "feature_maps_Conv_3"}
+
+
+def png_size(path):
+  """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+  head = path.read_bytes()[:24]
+  assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+  return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _cfg():
+  cfg = config.get_base_config()
+  cfg.num_epochs = 2
+  cfg.batch_size = 32
+  cfg.data.val_fraction = 0.1
+  cfg.model.kwargs.widths = (8, 16)
+  cfg.model.kwargs.dense = 32
+  cfg.train.steps_per_call = 1
+  cfg.train.eval_batch_size = 16
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(kaggle_dir):
+  return kaggle_dir(n_train=300, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, data_dir):
+  """A two-epoch run with a submission, and its report."""
+  workdir = tmp_path_factory.mktemp("run")
+  train.train_and_evaluate(_cfg(), workdir, data_dir)
+  predict.predict(workdir, data_dir)
+  return workdir, report.make_report(workdir, data_dir, digit=7)
+
+
+def _variables(**kwargs):
+  model = models.create_model("classic", widths=(8, 16), dense=32, **kwargs)
+  return model, models.init_variables(model, jax.random.key(0))
+
+
+def _image(seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (28, 28, 1), dtype=np.uint8)
+
+
+def test_every_figure_is_a_png_of_the_configured_size(reported):
+  workdir, _ = reported
+  pngs = {p.stem: p for p in (workdir / "report").glob("*.png")}
+  assert set(pngs) == FIGURES
+  for name, path in pngs.items():
+    kind = "feature_maps" if name.startswith("feature_maps_") else name
+    width, height = report.FIGSIZES[kind]
+    assert png_size(path) == (round(width * report.DPI), round(height * report.DPI)), name
+
+
+def test_index_links_every_png_and_gives_the_scores(reported, data_dir):
+  workdir, index = reported
+  text = index.read_text()
+  links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+  assert sorted(links) == sorted(p.name for p in (workdir / "report").glob("*.png"))
+  assert all((index.parent / link).is_file() for link in links)
+  test = predict.score(workdir / "submission.csv", data_dir / "test_answers.csv")
+  assert f"| test accuracy | {test:.4f} |" in text
+  predictor = predict.load_predictor(workdir)
+  assert f"| best epoch | {predictor.epoch} of 2 |" in text
+  assert f"| best val accuracy | {predictor.val_accuracy:.4f} " in text
+
+
+def test_tensorboard_gets_the_confusion_matrix(reported):
+  workdir, _ = reported
+  events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").glob("events.*"))
+  assert b"report/confusion_matrix" in events
+
+
+def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_dir):
+  workdir, _ = reported
+  split = train.load_split(provenance.read_config(workdir), data_dir)
+  predictor = predict.load_predictor(workdir)
+  predicted = predictor.logits(split.val.images).argmax(axis=-1)
+  counts = report.confusion_counts(split.val.labels, predicted)
+  assert counts.shape == (10, 10) and counts.sum() == len(split.val.labels) == 30
+  assert np.trace(counts) / counts.sum() == pytest.approx(predictor.val_accuracy)
+
+
+def test_confusion_counts_rows_are_true_columns_predicted():
+  counts = report.confusion_counts(np.array([1, 1, 2, 3]), np.array([1, 2, 2, 0]))
+  expected = np.zeros((10, 10), int)
+  expected[1, 1] = expected[1, 2] = expected[2, 2] = expected[3, 0] = 1
+  np.testing.assert_array_equal(counts, expected)
+
+
+def test_worst_errors_are_wrong_and_most_confident_first():
+  probs = np.full((6, 10), 0.0)
+  for row, (cls, p) in enumerate([(0, 0.9), (3, 0.6), (5, 0.95), (2, 0.7), (4, 0.6), (1, 0.8)]):
+    probs[row] = (1 - p) / 9
+    probs[row, cls] = p
+  labels = np.array([0, 1, 2, 3, 9, 1])  # Rows 0 and 5 are right.
+  np.testing.assert_array_equal(report.worst_errors(labels, probs, k=10), [2, 3, 1, 4])
+  np.testing.assert_array_equal(report.worst_errors(labels, probs, k=2), [2, 3])
+  assert len(report.worst_errors(np.array([0]), probs[:1], k=5)) == 0
+
+
+def test_feature_maps_shapes_of_the_classic_model():
+  model, variables = _variables()
+  maps = report.feature_maps(model.apply, variables, _image(), steps.Preprocess())
+  assert {k: v.shape for k, v in maps.items()} == {
+      "Conv_0": (28, 28, 8), "Conv_1": (28, 28, 8), "Conv_2": (14, 14, 16),
+      "Conv_3": (14, 14, 16)}
+
+
+def test_feature_maps_is_pure_and_is_the_layer_output():
+  model, variables = _variables()
+  before = jax.tree.map(np.array, variables)
+  pre = steps.Preprocess(shift=10.0, scale=100.0)
+  a = report.feature_maps(model.apply, variables, _image(), pre)
+  b = report.feature_maps(model.apply, variables, _image(), pre)
+  assert list(a) == list(b)
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name])
+  assert set(variables) == {"params"}
+  jax.tree.map(np.testing.assert_array_equal, variables, before)
+  x = (_image().astype(np.float32)[None] - 10.0) / 100.0
+  direct = nn.Conv(8, (5, 5), padding="SAME").apply({"params": variables["params"]["Conv_0"]}, x)
+  np.testing.assert_allclose(a["Conv_0"], direct[0], rtol=1e-5, atol=1e-5)
+  other = report.feature_maps(model.apply, variables, _image(seed=1), pre)
+  assert not np.allclose(other["Conv_0"], a["Conv_0"])
+
+
+def test_feature_maps_with_batch_norm_and_the_strided_model():
+  model, variables = _variables(batch_norm=True)
+  maps = report.feature_maps(model.apply, variables, _image(), steps.Preprocess())
+  assert [v.shape for v in maps.values()] == [(28, 28, 8)] * 2 + [(14, 14, 16)] * 2
+  strided = models.create_model("strided", widths=(4, 8, 16))
+  variables = models.init_variables(strided, jax.random.key(0))
+  maps = report.feature_maps(strided.apply, variables, _image(), steps.Preprocess())
+  assert len(maps) == 7 and list(maps.values())[-1].shape == (1, 1, 16)
+
+
+def test_first_conv_kernel_is_the_input_layer():
+  _, variables = _variables()
+  assert report.first_conv_kernel(variables["params"]).shape == (5, 5, 1, 8)
+
+
+def test_missing_digit_is_a_user_error():
+  with pytest.raises(UserError, match="label 4"):
+    report.first_with_label(np.array([0, 1, 2]), 4)
+  assert report.first_with_label(np.array([3, 7, 7]), 7) == 1
+
+
+def test_cli_report_of_a_dir_that_is_not_a_run(tmp_path, capsys):
+  assert cli.main(["report", str(tmp_path)]) == 2
+  assert "metrics.jsonl not found" in capsys.readouterr().err

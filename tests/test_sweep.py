@@ -1,0 +1,201 @@
+"""Tests of dr_jax.sweep: results files, skipping finished runs, resuming one, grid files."""
+
+import csv
+import json
+
+import jax
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from dr_jax import cli, sweep, train
+from dr_jax.errors import UserError
+
+TINY = '''
+from dr_jax.config import get_base_config
+
+
+def tiny(lr):
+  c = get_base_config()
+  c.num_epochs = 1
+  c.batch_size = 32
+  c.data.val_fraction = 0.1
+  c.model.kwargs.widths = (8, 16)
+  c.model.kwargs.dense = 32
+  c.optimizer.lr = lr
+  c.train.steps_per_call = 1
+  c.train.eval_batch_size = 16
+  return c
+'''
+
+
+def png_size(path):
+  """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+  head = path.read_bytes()[:24]
+  assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+  return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def write_config(directory, name, lr):
+  path = directory / f"{name}.py"
+  path.write_text(f'"""Tiny config {name}."""\n' + TINY + f"\n\ndef get_config():\n"
+                  f"  return tiny({lr})\n")
+  return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+  """A persistent XLA cache for this module, so only the first run compiles.
+
+  Seeds and learning rates are arguments of the jitted functions, not constants, so every run
+  here lowers to the same programs; without the cache each run recompiles for ~20 s.
+  """
+  before = {name: getattr(jax.config, name) for name in (
+      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def data_dir(kaggle_dir):
+  return kaggle_dir(n_train=300, n_test=20)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, data_dir):
+  """Two configs × two seeds, swept once for the whole module."""
+  configs = tmp_path_factory.mktemp("configs")
+  paths = [write_config(configs, "a", 1e-3), write_config(configs, "b", 2e-3)]
+  workdir = tmp_path_factory.mktemp("sweep")
+  results = sweep.sweep(paths, 2, workdir, data_dir)
+  return paths, workdir, results
+
+
+def _rows(workdir):
+  with open(workdir / "results.csv") as f:
+    return list(csv.DictReader(f))
+
+
+def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
+  _, workdir, results = swept
+  rows = _rows(workdir)
+  assert [(r["config"], r["seed_index"], r["seed"]) for r in rows] == [
+      ("a", "0", "0"), ("a", "1", "1"), ("b", "0", "0"), ("b", "1", "1")]
+  for row in rows:
+    assert row["status"] == "ok"
+    assert 0.0 <= float(row["test_accuracy"]) <= 1.0
+    assert 0.0 <= float(row["best_val_accuracy"]) <= 1.0
+    assert float(row["images_per_s"]) > 0 and float(row["wall_s"]) > 0
+  for result in results:
+    saved = json.loads((workdir / result["config"] / f"seed{result['seed_index']}"
+                        / "result.json").read_text())
+    assert saved == result
+    assert (workdir / result["config"] / f"seed{result['seed_index']}" / "submission.csv").is_file()
+  table = [line for line in (workdir / "results.md").read_text().splitlines()
+           if line.startswith(("| a |", "| b |"))]
+  assert len(table) == 2 and all(line.count("±") == 5 for line in table)
+  assert png_size(workdir / "results.png") == tuple(
+      round(inches * sweep.report.DPI) for inches in sweep.results_figsize(2))
+
+
+def test_second_sweep_skips_finished_runs(swept, data_dir, monkeypatch):
+  paths, workdir, _ = swept
+  before = _rows(workdir)
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(train, "train_and_evaluate", must_not_train)
+  sweep.sweep(paths, 2, workdir, data_dir)
+  assert _rows(workdir) == before
+
+
+def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monkeypatch):
+  paths, workdir, _ = swept
+  unfinished = workdir / "b" / "seed1"
+  old = json.loads((unfinished / "result.json").read_text())
+  (unfinished / "result.json").unlink()
+  calls, original = [], train.train_and_evaluate
+
+  def recording(cfg, run_dir, data_dir):
+    calls.append(run_dir)
+    return original(cfg, run_dir, data_dir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", recording)
+  results = sweep.sweep(paths, 2, workdir, data_dir)
+  assert calls == [unfinished]
+  new = json.loads((unfinished / "result.json").read_text())
+  # Resumed from its last checkpoint: nothing left to train, the same best epoch and accuracy.
+  assert new["resumed"] and not old["resumed"]
+  assert (new["best_val_accuracy"], new["best_epoch"]) == (old["best_val_accuracy"],
+                                                            old["best_epoch"])
+  assert len(_rows(workdir)) == len(results) == 4
+
+
+def test_sweep_refuses_a_run_dir_trained_with_another_config(swept, data_dir, monkeypatch):
+  paths, workdir, _ = swept
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
+  with pytest.raises(UserError, match="num_epochs=1.*another --workdir"):
+    sweep.sweep(paths, 2, workdir, data_dir, overrides=["num_epochs=2"])
+
+
+def test_grid_file_gives_one_row_per_variant(tmp_path, data_dir):
+  grid = tmp_path / "grid.py"
+  grid.write_text('"""Tiny grid."""\n' + TINY + "\n\ndef get_grid():\n"
+                  "  return [('slow', tiny(1e-3)), ('fast', tiny(3e-3))]\n")
+  workdir = tmp_path / "sweep"
+  sweep.sweep([grid], 1, workdir, data_dir)
+  assert [r["config"] for r in _rows(workdir)] == ["grid/slow", "grid/fast"]
+  assert (workdir / "grid" / "fast" / "seed0" / "result.json").is_file()
+  md = (workdir / "results.md").read_text()
+  assert "| grid/slow | 1 |" in md and "| grid/fast | 1 |" in md
+
+
+def test_plan_applies_quick_then_overrides_and_offsets_seeds(tmp_path):
+  path = write_config(tmp_path, "a", 1e-3)
+  runs = sweep.plan([path], 3, tmp_path / "w", ["seed=10", "data.subset=500"], quick=True)
+  assert [(r.seed_index, r.cfg.seed) for r in runs] == [(0, 10), (1, 11), (2, 12)]
+  assert {(r.cfg.num_epochs, r.cfg.data.subset) for r in runs} == {(2, 500)}
+  assert runs[2].run_dir == tmp_path / "w" / "a" / "seed2"
+
+
+@pytest.mark.parametrize("grid,message", [
+    ("[('x', tiny(1e-3)), ('x', tiny(1e-3))]", "two configs are named 'grid/x'"),
+    ("[('a b', tiny(1e-3))]", "letters, digits"),
+    ("[tiny(1e-3)]", "(name, ConfigDict) pairs"),
+    ("[]", "no variants"),
+    ("1 / 0", "ZeroDivisionError"),
+])
+def test_bad_grids_are_one_line_user_errors(tmp_path, grid, message):
+  path = tmp_path / "grid.py"
+  path.write_text(TINY + f"\n\ndef get_grid():\n  return {grid}\n")
+  with pytest.raises(UserError) as info:
+    sweep.plan([path], 1, tmp_path / "w")
+  assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_summary_counts_diverged_runs_and_shows_no_spread_for_one_seed():
+  ok = {"status": "ok", "best_val_accuracy": 0.9, "test_accuracy": None, "best_epoch": 3,
+        "wall_s": 10.0, "images_per_s": 100.0, "resumed": False}
+  results = [dict(ok, config="a"), dict(ok, config="a", best_val_accuracy=0.8),
+             dict(ok, config="b"),
+             dict(ok, config="b", status="diverged", best_val_accuracy=None, best_epoch=None)]
+  a, b = sweep.summarize(results)
+  assert a["n"] == 2 and a["best_val_accuracy"] == pytest.approx((0.85, 0.0707107))
+  assert (b["n"], b["diverged"], b["best_val_accuracy"]) == (1, 1, (0.9, 0.0))
+  md = sweep.results_markdown(results)
+  assert "| a | 2 | 0.8500 ± 0.0707 | – |" in md
+  assert "| b | 1 (+1 diverged) | 0.9000 | – |" in md
+  assert "mean ± std over seeds" in sweep.plot_results(results).axes[0].get_xlabel()
+
+
+def test_cli_sweep_needs_seeds_and_takes_overrides(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["sweep", "x.py"])
+  assert "--seeds" in capsys.readouterr().err
+  assert cli.main(["sweep", "missing.py", "--seeds", "1", "--config.num_epochs=1"]) == 2
+  assert "missing.py not found" in capsys.readouterr().err
