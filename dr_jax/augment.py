@@ -22,22 +22,44 @@ class AugmentConfig:
     return self.rotation == 0 and self.zoom == 0 and self.shift == 0 and not self.flip
 
 
+def affine_matrices(theta: jax.Array, zoom: jax.Array, shift: jax.Array, flip: jax.Array,
+                    height: int, width: int) -> jax.Array:
+  """`(n, 2, 3)` inverse maps (output → input pixel) about the centre.
+
+  theta `(n,)` radians, zoom `(n, 2)` per-axis factors, shift `(n, 2)` pixels, flip `(n,)` ±1.
+  """
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  # Each output pixel looks up where it came from (rotate, then zoom, then flip).
+  linear = jnp.stack([jnp.stack([cos * zoom[:, 0], -sin * zoom[:, 1] * flip], -1),
+                      jnp.stack([sin * zoom[:, 0], cos * zoom[:, 1] * flip], -1)], -2)
+  center = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+  offset = center - linear @ center - shift
+  return jnp.concatenate([linear, offset[..., None]], axis=-1)
+
+
 def random_matrices(key: jax.Array, n: int, cfg: AugmentConfig, height: int,
                     width: int) -> jax.Array:
-  """Samples `(n, 2, 3)` maps from output (row, col) to input coordinates, about the centre."""
+  """Samples `(n, 2, 3)` random inverse maps within the ranges of `cfg`."""
   k_rot, k_zoom, k_shift, k_flip = jax.random.split(key, 4)
   theta = jnp.deg2rad(jax.random.uniform(k_rot, (n,), minval=-cfg.rotation, maxval=cfg.rotation))
   zoom = jax.random.uniform(k_zoom, (n, 2), minval=1 - cfg.zoom, maxval=1 + cfg.zoom)
   shift = jax.random.uniform(k_shift, (n, 2), minval=-cfg.shift, maxval=cfg.shift)
   shift = shift * jnp.array([height, width], jnp.float32)
   flip = jnp.where(cfg.flip & jax.random.bernoulli(k_flip, 0.5, (n,)), -1.0, 1.0)
-  cos, sin = jnp.cos(theta), jnp.sin(theta)
-  # Inverse map: each output pixel looks up where it came from (rotate, then zoom, then flip).
-  linear = jnp.stack([jnp.stack([cos * zoom[:, 0], -sin * zoom[:, 1] * flip], -1),
-                      jnp.stack([sin * zoom[:, 0], cos * zoom[:, 1] * flip], -1)], -2)
-  center = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
-  offset = center - linear @ center - shift
-  return jnp.concatenate([linear, offset[..., None]], axis=-1)
+  return affine_matrices(theta, zoom, shift, flip, height, width)
+
+
+# Test-time augmentation: identity first, then one-pixel shifts, small rotations, zooms.
+# (degrees, zoom, row shift, column shift)
+TTA_TRANSFORMS = ((0, 1.0, 0, 0), (0, 1.0, 1, 0), (0, 1.0, -1, 0), (0, 1.0, 0, 1), (0, 1.0, 0, -1),
+                  (8, 1.0, 0, 0), (-8, 1.0, 0, 0), (0, 0.95, 0, 0), (0, 1.05, 0, 0))
+
+
+def tta_matrices(count: int, height: int = 28, width: int = 28) -> jax.Array:
+  """The first `count` deterministic test-time transforms as `(count, 2, 3)` inverse maps."""
+  chosen = jnp.array(TTA_TRANSFORMS[:count], jnp.float32)
+  return affine_matrices(jnp.deg2rad(chosen[:, 0]), jnp.stack([chosen[:, 1]] * 2, -1),
+                         chosen[:, 2:], jnp.ones(len(chosen)), height, width)
 
 
 def warp(image: jax.Array, matrix: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import data, models, optim, predict, steps, train
+from dr_jax import data, optim, predict, steps, train
 
 
 def _time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -35,22 +35,63 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
                repeats: int) -> dict[str, float]:
-  """Images/s and FLOPs of `num_steps` real train steps (fused as the trainer does)."""
+  """Images/s (summed over ensemble members) and FLOPs of `num_steps` real fused train steps."""
+  members = cfg.ensemble.size
   k = min(cfg.train.steps_per_call, num_steps)
   calls = max(1, num_steps // k)
   n = max(batch * k, 1024)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
-  model = train.build_model(cfg)
-  state = steps.create_state(model, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
+  state = train.init_state(cfg, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
   pre = train.preprocess(cfg, 0.0, 255.0, train=True)
   fused = train.compile_train_steps(cfg, state, images, targets, pre, {k})[k]
-  idx = jnp.asarray(rng.integers(0, n, (k, batch)), jnp.int32)
-  keys = jax.random.split(jax.random.key(0), k)
+  idx = jnp.asarray(rng.integers(0, n, (members, k, batch)), jnp.int32)
+  keys = jax.random.split(jax.random.key(0), (members, k))
   flops = _flops_per_image(cfg, state, images, targets, pre, batch)
 
   def run():
+    nonlocal state
+    for _ in range(calls):
+      state, metrics = fused(state, idx, keys)
+    return metrics
+
+  run()  # Warm-up: first-call allocations and caches.
+  times = _time(run, repeats)
+  work = calls * k * batch * members
+  rate = work / statistics.median(times)
+  return {"train_images_per_s": rate, "train_images_per_s_best": work / min(times),
+          "train_mflop_per_image": flops / 1e6, "train_gflops_per_s": rate * flops / 1e9}
+
+
+def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
+  """FLOPs of one train step per image (and member), from XLA's cost analysis."""
+  members = cfg.ensemble.size
+  one = jax.jit(train.member_map(
+      lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre), members,
+      (0, 0, 0)))
+  lowered = one.lower(state, jnp.zeros((members, 1, batch), jnp.int32),
+                      jax.random.split(jax.random.key(0), (members, 1)))
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) / batch / members
+
+
+def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
+  """Images/s of the real predict path (`Predictor.probabilities`) on `n` synthetic images."""
+  model = train.build_model(cfg)
+  state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
+  predictor = predict.Predictor(model.apply, train.variables(state),
+                                train.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
+                                epoch=0, val_accuracy=0.0)
+  images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  predictor.probabilities(images)  # Compile.
+  times = _time(lambda: predictor.probabilities(images), repeats)
+  return {"predict_images_per_s": n / statistics.median(times),
+          "predict_seconds": statistics.median(times)}
+
+
+def run():
     nonlocal state
     for _ in range(calls):
       state, metrics = fused(state, idx, keys)
@@ -94,8 +135,17 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
   result: dict[str, float | str] = {
       "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
       "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
+      "members": cfg.ensemble.size,
       "steps_per_call": cfg.train.steps_per_call, "fast_cpu": cfg.train.fast_cpu}
   result.update(train_rate(cfg, batch, num_steps, repeats))
+  if cfg.ensemble.size > 1:
+    # The same members trained one after another: the baseline the vmapped step must beat.
+    single = ml_collections.ConfigDict(cfg.to_dict())
+    single.ensemble.size = 1
+    result["single_model_images_per_s"] = train_rate(single, batch, num_steps,
+                                                     repeats)["train_images_per_s"]
+    result["ensemble_vs_sequential"] = (result["train_images_per_s"]
+                                        / result["single_model_images_per_s"])
   result.update(predict_rate(cfg, predict_n, repeats))
   result["matmul_gflops_per_s"] = matmul_gflops()
   result["roofline_fraction"] = result["train_gflops_per_s"] / result["matmul_gflops_per_s"]

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", type=pathlib.Path, required=True)
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   p.add_argument("--out", type=pathlib.Path)
+  p.add_argument("--tta", type=int, default=1, metavar="N",
+                 help="average over N deterministic test-time transforms (1 = none, up to 9)")
+  p.add_argument("--vote", action="store_true",
+                 help="ensembles: majority vote of members instead of mean probabilities")
 
   p = add("score", "Accuracy of a submission against an answers file.")
   p.add_argument("submission", type=pathlib.Path)
@@ -68,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--predict-images", type=int, default=28000,
                  help="images in the timed predict (Kaggle's test set has 28,000)")
 
-  p = add("sweep", "Train configs x seeds (resumable), then tabulate mean ± std per config.")
+  p = add("sweep", "Train configs × seeds (resumable); mean ± std per config.")
   p.add_argument("configs", type=pathlib.Path, nargs="+", metavar="CONFIG",
                  help="config files; a file with get_grid() adds one row per variant")
-  p.add_argument("--seeds", type=int, required=True,
+  p.add_argument("--seeds", type=int, required=True, metavar="N",
                  help="runs per config, with seeds base, base+1, ... (the config's seed)")
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   p.add_argument("--workdir", type=pathlib.Path,
@@ -79,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--quick", action="store_true",
                  help="smoke run: --config.num_epochs=2 --config.data.subset=2000")
 
-  p = add("report", "Figures of a trained run (curves, confusion, errors, filters, feature "
-          "maps) in WORKDIR/report/index.md.")
+  p = add("report", "Figures of a trained run in WORKDIR/report/ (see its index.md).")
   p.add_argument("workdir", type=pathlib.Path, metavar="WORKDIR")
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   p.add_argument("--digit", type=int, choices=range(10), default=7,
@@ -137,9 +140,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "predict":
     from dr_jax import predict
 
-    out, predictor = predict.predict(args.workdir, args.data_dir, args.out)
-    print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, val accuracy "
-          f"{predictor.val_accuracy:.4f})", file=sys.stderr)
+    out, predictor = predict.predict(args.workdir, args.data_dir, args.out, tta=args.tta,
+                                     vote=args.vote)
+    print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, {predictor.members} "
+          f"member(s), val accuracy {predictor.val_accuracy:.4f})", file=sys.stderr)
     print(out)
   elif args.command == "score":
     from dr_jax import predict

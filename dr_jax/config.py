@@ -63,12 +63,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.schedule.decay = 0.9  # exponential: lr *= decay each epoch.
   c.schedule.warmup_fraction = 0.2  # onecycle: share of steps spent warming up.
 
+  # Ensemble: members trained together in one vmapped step
+  c.ensemble = ml_collections.ConfigDict()
+  c.ensemble.size = 1
+  c.ensemble.own_split = False  # Each member its own validation split (seed + member).
+
   # Training loop
   c.train = ml_collections.ConfigDict()
   c.train.steps_per_call = 4  # Steps fused into one jitted call (fewer dispatches).
   c.train.eval_batch_size = 1000
   c.train.fast_cpu = True  # XLA:CPU compiler options that train this CNN faster; see xla.py.
-  c.train.checkpoint_every_steps = 0  # Mid-epoch checkpoints for long epochs (0 = per epoch).
   return c
 
 
@@ -166,7 +170,8 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Validates values that no type check catches, before any work starts."""
-  for key in ("num_epochs", "batch_size", "train.steps_per_call", "train.eval_batch_size"):
+  for key in ("num_epochs", "batch_size", "train.steps_per_call", "train.eval_batch_size",
+              "ensemble.size"):
     if flatten(config)[key] < 1:
       raise UserError(f"config {key}={flatten(config)[key]} must be at least 1")
   if not 0.0 <= config.augment.shift < 1.0 or not 0.0 <= config.augment.zoom < 1.0:

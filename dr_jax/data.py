@@ -263,9 +263,9 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   return digits
 
 
-def split(images: np.ndarray, labels: np.ndarray, val_fraction: float,
-          seed: int) -> tuple[Digits, Digits]:
-  """Stratified train/validation split (scikit-learn), seeded; class proportions kept."""
+def split_indices(labels: np.ndarray, val_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Stratified train/validation row indices (scikit-learn), seeded; class proportions kept."""
   if not 0.0 < val_fraction < 1.0:
     raise UserError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
   n_val = int(np.ceil(val_fraction * len(labels)))
@@ -275,9 +275,16 @@ def split(images: np.ndarray, labels: np.ndarray, val_fraction: float,
     raise UserError(f"cannot split {len(labels)} images into train/validation with "
                     f"val_fraction={val_fraction}: each class needs at least 2 images and the "
                     f"validation set at least one per class ({present})")
-  x_tr, x_va, y_tr, y_va = train_test_split(images, labels, test_size=n_val, stratify=labels,
-                                            random_state=seed, shuffle=True)
-  return Digits(x_tr, y_tr), Digits(x_va, y_va)
+  train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=labels,
+                                        random_state=seed, shuffle=True)
+  return train_idx, val_idx
+
+
+def split(images: np.ndarray, labels: np.ndarray, val_fraction: float,
+          seed: int) -> tuple[Digits, Digits]:
+  """Stratified train/validation split of images and labels (see `split_indices`)."""
+  train_idx, val_idx = split_indices(labels, val_fraction, seed)
+  return Digits(images[train_idx], labels[train_idx]), Digits(images[val_idx], labels[val_idx])
 
 
 def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:

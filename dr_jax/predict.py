@@ -3,36 +3,73 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from dr_jax import checkpoint, data, provenance, steps, train
+from dr_jax import augment, checkpoint, data, provenance, steps, train
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-  """A trained model ready for inference: its apply function, variables and preprocessing."""
+  """A trained model (or ensemble) ready for inference."""
 
   apply_fn: Callable
-  variables: dict
+  variables: dict  # Stacked along a leading member axis.
   pre: steps.Preprocess
+  members: int
   epoch: int
   val_accuracy: float
 
-  def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits `(n, 10)` for uint8 images `(n, 28, 28, 1)`, in fixed-size jitted batches."""
+  def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches."""
     n = len(images)
     batch_size = min(batch_size, max(n, 1))
     size, _ = steps.batches(n, batch_size)
     padded = jax.device_put(steps.pad_rows(np.asarray(images), size))
-    out = steps.batched_logits(self.apply_fn, self.variables, padded, self.pre, batch_size)
-    return np.asarray(out)[:n]
+    out = _member_logits(self.apply_fn, self.variables, padded, self.pre, batch_size,
+                         self.members)
+    return np.asarray(out)[:, :n]
+
+  def probabilities(self, images: np.ndarray, tta: int = 1, vote: bool = False,
+                    batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities `(n, 10)`: softmax averaged over members and `tta` transforms.
+
+    With `vote`, each member × transform casts one vote for its top class instead.
+    """
+    if not 1 <= tta <= len(augment.TTA_TRANSFORMS):
+      raise UserError(f"--tta {tta}: choose 1 (no test-time augmentation) to "
+                      f"{len(augment.TTA_TRANSFORMS)}")
+    total = np.zeros((len(images), data.NUM_CLASSES), np.float64)
+    for matrix in augment.tta_matrices(tta):
+      view = images if tta == 1 else _warp_all(jnp.asarray(images, jnp.float32), matrix)
+      logits = self.member_logits(np.asarray(view), batch_size)
+      if vote:
+        total += np.eye(data.NUM_CLASSES)[logits.argmax(-1)].sum(axis=0)
+      else:
+        total += np.asarray(jax.nn.softmax(logits)).sum(axis=0)
+    return total / total.sum(axis=1, keepdims=True)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "batch_size", "members"))
+def _member_logits(apply_fn: Callable, variables: dict, images: jax.Array, pre: steps.Preprocess,
+                   batch_size: int, members: int) -> jax.Array:
+  """Every member's logits, vmapped over members and batched over images."""
+  one = lambda v: steps.batched_logits(apply_fn, v, images, pre, batch_size)
+  return train.member_map(one, members, (0,))(variables)
+
+
+@jax.jit
+def _warp_all(images: jax.Array, matrix: jax.Array) -> jax.Array:
+  """One deterministic transform applied to every image."""
+  return jax.vmap(augment.warp, in_axes=(0, None))(images, matrix)
 
 
 def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
@@ -41,14 +78,15 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   cfg = provenance.read_config(workdir)
   model = train.build_model(cfg)
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
-    state, meta = ckpts.restore(kind)
-  variables = {"params": state["params"]}
-  if state.get("batch_stats"):
-    variables["batch_stats"] = state["batch_stats"]
+    tree, meta = ckpts.restore(kind)
+  # Both kinds hold params (and batch_stats); `latest` also holds the optimizer state.
+  variables = {"params": tree["params"]}
+  if tree.get("batch_stats"):
+    variables["batch_stats"] = tree["batch_stats"]
   shift, scale = meta["norm"]
   return Predictor(model.apply, jax.device_put(variables),
-                   train.preprocess(cfg, shift, scale, train=False), int(meta["epoch"]),
-                   float(meta.get("val_accuracy", meta["best_val_accuracy"])))
+                   train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
+                   int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])))
 
 
 def submission_text(labels: np.ndarray) -> str:
@@ -57,14 +95,14 @@ def submission_text(labels: np.ndarray) -> str:
   return "ImageId,Label\n" + rows
 
 
-def predict(workdir: pathlib.Path, data_dir: pathlib.Path,
-            out: pathlib.Path | None = None) -> tuple[pathlib.Path, Predictor]:
+def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | None = None,
+            tta: int = 1, vote: bool = False) -> tuple[pathlib.Path, Predictor]:
   """Predicts test.csv with the best checkpoint and writes the submission atomically."""
   predictor = load_predictor(workdir)
   cfg = provenance.read_config(workdir)
   test = data.load_csv(pathlib.Path(data_dir) / "test.csv", with_labels=False,
                        nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
-  labels = predictor.logits(test.images).argmax(axis=-1)
+  labels = predictor.probabilities(test.images, tta=tta, vote=vote).argmax(axis=-1)
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / "submission.csv"
   atomic_write_text(out, submission_text(labels))
   return out, predictor

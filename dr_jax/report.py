@@ -33,11 +33,6 @@ TENSORBOARD_ERRORS = 8
 
 # Pure computations.
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Class probabilities `(n, 10)` from logits `(n, 10)`."""
-  return np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
-
-
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray,
                      num_classes: int = data.NUM_CLASSES) -> np.ndarray:
   """Counts `(num_classes, num_classes)`: row = true label, column = predicted label."""
@@ -160,14 +155,14 @@ def plot_worst_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
   return fig
 
 
-def plot_filters(kernel: np.ndarray) -> Figure:
-  """First-layer filters `(kh, kw, 1, C)`, one cell each."""
+def plot_filters(kernel: np.ndarray, which: str = "") -> Figure:
+  """First-layer filters `(kh, kw, 1, C)`, one cell each; `which` names the network."""
   fig = _figure("conv1_filters")
   # One symmetric colour scale for all filters, so their weights compare across cells.
   limit = float(np.abs(kernel).max()) or 1.0
   for c, ax in enumerate(_grid(fig, kernel.shape[-1])):
     ax.imshow(kernel[:, :, 0, c], cmap="RdBu_r", vmin=-limit, vmax=limit)
-  fig.suptitle(f"first conv layer: {kernel.shape[-1]} filters of {kernel.shape[0]}×"
+  fig.suptitle(f"first conv layer{which}: {kernel.shape[-1]} filters of {kernel.shape[0]}×"
                f"{kernel.shape[1]} (red +, blue −)")
   return fig
 
@@ -224,25 +219,34 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   records = read_metrics(workdir)
   # The split is rebuilt from the run's own config so "validation" means the same images.
-  split = train.load_split(provenance.read_config(workdir), data_dir)
+  cfg = provenance.read_config(workdir)
+  split = train.load_split(cfg, data_dir)
   predictor = predict.load_predictor(workdir)
   images, labels = split.val.images, split.val.labels
-  probs = softmax(predictor.logits(images))
+  own_split = cfg.ensemble.own_split and predictor.members > 1
+  if own_split:
+    # Members hold out different rows: only member 0 never trained on these images.
+    probs = np.asarray(jax.nn.softmax(predictor.member_logits(images)[0]))
+  else:
+    probs = predictor.probabilities(images)  # An ensemble's mean, as `dr-jax predict` uses.
   counts = confusion_counts(labels, probs.argmax(axis=-1))
   worst = worst_errors(labels, probs, WORST_ERRORS)
   chosen = first_with_label(labels, digit)
-  maps = feature_maps(predictor.apply_fn, predictor.variables, images[chosen], predictor.pre)
+  # Filters and feature maps belong to one network: an ensemble's first member.
+  member = jax.tree.map(lambda x: x[0], predictor.variables)
+  which = f" (member 0 of {predictor.members})" if predictor.members > 1 else ""
+  maps = feature_maps(predictor.apply_fn, member, images[chosen], predictor.pre)
 
   out = workdir / "report"
   figures = {"learning_curves": plot_learning_curves(records),
              "confusion_matrix": plot_confusion(counts),
              "worst_errors": plot_worst_errors(images, labels, probs, worst),
-             "conv1_filters": plot_filters(first_conv_kernel(predictor.variables["params"])),
+             "conv1_filters": plot_filters(first_conv_kernel(member["params"]), which),
              "digit": plot_digit(images[chosen], f"validation image {chosen} (label {digit})")}
   for name, value in maps.items():
     figures[f"feature_maps_{name.replace('/', '_')}"] = plot_feature_maps(
-        np.asarray(value, np.float32),
-        f"{name} output {tuple(value.shape)} for validation image {chosen} (label {digit})")
+        np.asarray(value, np.float32), f"{name} output {tuple(value.shape)}{which} for "
+        f"validation image {chosen} (label {digit})")
   paths = {name: save_figure(fig, out / f"{name}.png") for name, fig in figures.items()}
 
   step = records[-1]["epoch"]
@@ -255,21 +259,26 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
 
   test_accuracy = _test_accuracy(workdir, data_dir)
   index = out / "index.md"
-  atomic_write_text(index, _index_text(workdir, records, predictor, counts, test_accuracy, paths))
+  atomic_write_text(index, _index_text(workdir, records, predictor, counts, test_accuracy, paths,
+                                       " (member 0)" if own_split else ""))
   return index
 
 
 def _index_text(workdir: pathlib.Path, records: list[dict], predictor: predict.Predictor,
                 counts: np.ndarray, test_accuracy: float | None,
-                paths: dict[str, pathlib.Path]) -> str:
+                paths: dict[str, pathlib.Path], by: str) -> str:
   """The markdown page: a short results table, then every figure by relative link."""
   n, errors = int(counts.sum()), int(counts.sum() - np.trace(counts))
   test = f"{test_accuracy:.4f}" if test_accuracy is not None else \
       "n/a (needs submission.csv in the run and test_answers.csv in the data dir)"
+  mean = " (mean of the members' best)" if predictor.members > 1 else ""
   lines = [f"# Report: {workdir}", "", "| | |", "|---|---|",
            f"| best epoch | {predictor.epoch} of {records[-1]['epoch']} |",
-           f"| best val accuracy | {predictor.val_accuracy:.4f} ({errors} errors of {n}) |",
+           f"| best val accuracy{mean} | {predictor.val_accuracy:.4f} |",
+           f"| val errors below{by} | {errors} of {n} (accuracy {(n - errors) / n:.4f}) |",
            f"| test accuracy | {test} |", ""]
+  if predictor.members > 1:
+    lines.insert(4, f"| ensemble members | {predictor.members} |")
   captions = {"learning_curves": "Learning curves", "confusion_matrix": "Confusion matrix "
               "(validation)", "worst_errors": "Most confident errors (validation)",
               "conv1_filters": "First-layer filters", "digit": "Feature maps: input image"}

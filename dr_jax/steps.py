@@ -87,12 +87,14 @@ def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array, pre: Prepr
 
 
 def eval_step(apply_fn: Callable, variables: dict, images: jax.Array, targets: jax.Array,
-              mask: jax.Array, pre: Preprocess) -> dict[str, jax.Array]:
-  """Summed loss and correct count over the unmasked rows of one batch."""
+              mask: jax.Array, pre: Preprocess) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Summed loss and correct count over the unmasked rows of one batch, and its logits."""
   logits = logits_fn(apply_fn, variables, images, pre)
   loss = optax.softmax_cross_entropy(logits, targets)
   correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
-  return {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+  metrics = {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+             "count": jnp.sum(mask)}
+  return metrics, logits
 
 
 def batches(n: int, batch_size: int) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""`dr-jax sweep`: configs × seeds, resumable after a kill, summarised as mean ± std per config."""
+"""`dr-jax sweep`: configs × seeds, resumable after a kill, with mean ± std per config."""
 
 from __future__ import annotations
 
@@ -254,14 +254,16 @@ def plot_results(results: list[dict[str, Any]]) -> Figure:
   means = np.array([r[key][0] for r in rows])
   stds = np.array([r[key][1] for r in rows])
   positions = np.arange(len(rows))[::-1]  # First config at the top, as in results.md.
-  ax.barh(positions, means, xerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+  ax.barh(positions, means, xerr=stds, capsize=4, color="tab:blue")
   ax.set_yticks(positions, [r["config"] for r in rows])
-  for y, mean, std in zip(positions, means, stds):
-    ax.text(mean + std, y, f"  {mean:.4f}", va="center", fontsize=8)
   # Accuracies differ in the third decimal; an axis from 0 would hide every difference.
   low, high = float((means - stds).min()), float((means + stds).max())
-  pad = max(high - low, 1e-3) * 0.3
-  ax.set_xlim(max(0.0, low - pad), high + 2 * pad)  # Room on the right for the labels.
+  pad = max((high - low) * 0.3, 2e-3)
+  left = max(0.0, low - pad)
+  ax.set_xlim(left, min(1.0, high + pad))
+  ax.ticklabel_format(axis="x", useOffset=False)
+  for y, row in zip(positions, rows):
+    ax.text(left, y, f" {_fmt(row[key], 4, row['n'])}", va="center", color="white", fontsize=8)
   label = "test accuracy" if key == "test_accuracy" else "best validation accuracy"
   ax.set_xlabel(f"{label} (mean ± std over seeds)")
   ax.grid(axis="x", alpha=0.3)

@@ -1,15 +1,19 @@
-"""The training loop: data on device, jitted steps, plateau LR, TensorBoard, orbax, resume."""
+"""The training loop: data on device, jitted (vmapped-ensemble) steps, plateau LR, logs, resume.
+
+A run trains `ensemble.size` members at once. Every per-member array has a leading member
+axis; with one member that axis is squeezed away inside the compiled step, so a single model
+runs exactly the single-model program.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,24 +34,34 @@ class TrainingDiverged(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Training and validation arrays, and the normalisation fitted on the training part."""
+  """All labelled images, each member's train/validation rows, and the normalisation."""
 
-  train: data.Digits
-  val: data.Digits
+  images: np.ndarray
+  labels: np.ndarray
+  train_idx: np.ndarray  # (members, n_train)
+  val_idx: np.ndarray  # (members, n_val)
   shift: float
   scale: float
 
+  @property
+  def val(self) -> data.Digits:
+    """The first member's validation set (every member's, unless ensemble.own_split)."""
+    return data.Digits(self.images[self.val_idx[0]], self.labels[self.val_idx[0]])
+
 
 def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
-  """Loads train.csv, applies the subset/NaN policy and makes the stratified split."""
+  """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
   digits = data.load_csv(pathlib.Path(data_dir) / "train.csv", with_labels=True,
                          nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
   images, labels = digits.images, digits.labels
   if cfg.data.subset:
     images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
-  train, val = data.split(images, labels, cfg.data.val_fraction, cfg.seed)
-  shift, scale = data.normalization_stats(train.images, cfg.data.normalization)
-  return Split(train, val, shift, scale)
+  members = cfg.ensemble.size
+  seeds = [cfg.seed + m if cfg.ensemble.own_split else cfg.seed for m in range(members)]
+  parts = [data.split_indices(labels, cfg.data.val_fraction, seed) for seed in seeds]
+  train_idx = np.stack([p[0] for p in parts])
+  shift, scale = data.normalization_stats(images[train_idx[0]], cfg.data.normalization)
+  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale)
 
 
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
@@ -64,6 +78,29 @@ def build_model(cfg: ml_collections.ConfigDict):
   return models.create_model(cfg.model.name, cfg.model.dtype, **cfg.model.kwargs.to_dict())
 
 
+def member_map(fn: Callable, members: int, in_axes: tuple) -> Callable:
+  """`jax.vmap` over the leading member axis; with one member, a squeeze instead.
+
+  The squeeze keeps a single model on exactly the program it would have without ensembles
+  (vmapping convolutions turns them into grouped convolutions).
+  """
+  if members > 1:
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def single(*args):
+    args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
+    return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*args))
+
+  return single
+
+
+def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.TrainState:
+  """Independently initialised members, stacked along a leading axis."""
+  model = build_model(cfg)
+  keys = jax.random.split(key, cfg.ensemble.size)
+  return member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,))(keys)
+
+
 def _epoch_plan(n_train: int, cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(steps per epoch, fused calls of `steps_per_call`, leftover single steps)."""
   steps_per_epoch = n_train // cfg.batch_size
@@ -74,56 +111,93 @@ def _epoch_plan(n_train: int, cfg: ml_collections.ConfigDict) -> tuple[int, int,
   return steps_per_epoch, steps_per_epoch // k, steps_per_epoch % k
 
 
-class Evaluator:
-  """Jitted, padded evaluation over a fixed array set (one compile for the whole run)."""
-
-  def __init__(self, digits: data.Digits, batch_size: int, pre: steps.Preprocess, apply_fn):
-    self.batch_size = min(batch_size, len(digits.labels))
-    size, self.num_batches = steps.batches(len(digits.labels), self.batch_size)
-    self.images = jnp.asarray(steps.pad_rows(digits.images, size))
-    self.targets = jnp.asarray(steps.pad_rows(data.one_hot(digits.labels), size))
-    self.mask = jnp.asarray(steps.pad_rows(np.ones(len(digits.labels), np.float32), size))
-    self._step = jax.jit(lambda variables, x, y, m: steps.eval_step(apply_fn, variables, x, y, m,
-                                                                     pre))
-
-  def __call__(self, variables: dict) -> dict[str, float]:
-    totals = None
-    for i in range(self.num_batches):
-      s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-      out = self._step(variables, self.images[s], self.targets[s], self.mask[s])
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
+def epoch_batches(key: jax.Array, train_idx: jax.Array, steps_per_epoch: int,
+                  batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """One member's epoch: a permutation of its rows as (steps, batch) indices, and step keys."""
+  perm_key, step_key = jax.random.split(key)
+  order = jax.random.permutation(perm_key, train_idx)[: steps_per_epoch * batch_size]
+  return order.reshape(steps_per_epoch, batch_size), jax.random.split(step_key, steps_per_epoch)
 
 
 def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
                         images: jax.Array, targets: jax.Array, pre: steps.Preprocess,
-                        sizes: set[int]) -> dict[int, Any]:
-  """Ahead-of-time compiled `train_steps` for each number of fused steps in `sizes`.
+                        sizes: set[int]) -> dict[int, Callable]:
+  """Ahead-of-time compiled `train_steps` (all members) for each fused step count in `sizes`.
 
   Compiled before the loop so epoch timings measure training, not compilation; the state is
-  donated so parameters are updated in place.
+  donated so parameters are updated in place. Batch indices are `(members, size, batch)`.
   """
+  members = cfg.ensemble.size
+  step = member_map(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
+                    members, (0, None, None, 0, 0))
   # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
-  fn = jax.jit(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
-               donate_argnums=0, compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
-  key = jax.random.key(0)
-  compiled = {size: fn.lower(state, images, targets, jnp.zeros((size, cfg.batch_size), jnp.int32),
-                             jax.random.split(key, size)).compile() for size in sorted(sizes)}
-  return {size: functools.partial(_call_with_data, c, images, targets)
-          for size, c in compiled.items()}
+  fn = jax.jit(step, donate_argnums=0,
+               compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
+  keys = jax.random.split(jax.random.key(0), (members, max(sizes)))
+  compiled = {size: fn.lower(state, images, targets,
+                             jnp.zeros((members, size, cfg.batch_size), jnp.int32),
+                             keys[:, :size]).compile() for size in sorted(sizes)}
+  return {size: _with_data(c, images, targets) for size, c in compiled.items()}
 
 
-def _call_with_data(compiled, images, targets, state, batch_idx, keys):
-  return compiled(state, images, targets, batch_idx, keys)
+def _with_data(compiled, images: jax.Array, targets: jax.Array) -> Callable:
+  return lambda state, batch_idx, keys: compiled(state, images, targets, batch_idx, keys)
 
 
-def _variables(state: steps.TrainState) -> dict:
+class Evaluator:
+  """Jitted evaluation of every member on its own validation rows (one compile per run)."""
+
+  def __init__(self, split: Split, batch_size: int, pre: steps.Preprocess, apply_fn: Callable,
+               members: int):
+    n_val = split.val_idx.shape[1]
+    self.batch_size = min(batch_size, n_val)
+    size, self.num_batches = steps.batches(n_val, self.batch_size)
+    pad = lambda a: np.stack([steps.pad_rows(row, size) for row in a])
+    images = jnp.asarray(split.images)
+    targets = jnp.asarray(data.one_hot(split.labels))
+    self.idx = jnp.asarray(pad(split.val_idx))
+    self.mask = jnp.asarray(pad(np.ones(split.val_idx.shape, np.float32)))
+    # Members sharing one validation set can be scored as an ensemble (mean of softmax).
+    self.shared = bool((split.val_idx == split.val_idx[0]).all()) and members > 1
+    self.val_labels = split.labels[split.val_idx[0]]
+
+    def member_eval(variables, idx, mask, start):
+      idx = jax.lax.dynamic_slice_in_dim(idx, start, self.batch_size)
+      mask = jax.lax.dynamic_slice_in_dim(mask, start, self.batch_size)
+      metrics, logits = steps.eval_step(apply_fn, variables, images[idx], targets[idx], mask, pre)
+      return metrics, jax.nn.softmax(logits)
+
+    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None)))
+
+  def __call__(self, variables: dict) -> dict[str, Any]:
+    """Per-member loss and accuracy `(members,)`, plus the ensemble's accuracy if shared."""
+    totals, probs = None, []
+    for i in range(self.num_batches):
+      metrics, p = self._step(variables, self.idx, self.mask, i * self.batch_size)
+      totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+      probs.append(p)
+    totals = jax.device_get(totals)
+    result = {"loss": totals["loss"] / totals["count"],
+              "accuracy": totals["correct"] / totals["count"]}
+    if self.shared:
+      mean = np.concatenate(jax.device_get(probs), axis=1).mean(axis=0)[: len(self.val_labels)]
+      result["ensemble_accuracy"] = float((mean.argmax(-1) == self.val_labels).mean())
+    return result
+
+
+def variables(state: steps.TrainState) -> dict:
+  """The inference variables (params, and batch statistics when the model has them)."""
   v = {"params": state.params}
   if state.batch_stats:
     v["batch_stats"] = state.batch_stats
   return v
+
+
+def _keep_best(best: dict, current: dict, improved: np.ndarray) -> dict:
+  """Per member: the current variables where it improved, else its best so far."""
+  mask = jnp.asarray(improved)
+  return jax.tree.map(lambda b, c: jnp.where(mask.reshape((-1,) + (1,) * (c.ndim - 1)), c, b),
+                      best, current)
 
 
 def _log(message: str) -> None:
@@ -137,6 +211,18 @@ def _check_finite(loss: float, epoch: int, step: int, workdir: pathlib.Path) -> 
         f"is kept in {workdir / 'checkpoints'}; lower --config.optimizer.lr and retrain")
 
 
+def _fresh_meta(cfg: ml_collections.ConfigDict) -> dict:
+  members = cfg.ensemble.size
+  return {"epoch": 0, "plateau": [list(optim.PlateauState(lr=cfg.optimizer.lr))] * members,
+          "member_best_epoch": [0] * members, "member_best_val_accuracy": [-1.0] * members}
+
+
+def _summary_fields(meta: dict) -> dict:
+  """Run-level best: the latest epoch at which any member improved, and the members' mean."""
+  return {"best_epoch": max(meta["member_best_epoch"]),
+          "best_val_accuracy": float(np.mean(meta["member_best_val_accuracy"]))}
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                        data_dir: pathlib.Path) -> dict[str, Any]:
   """Trains `cfg` in `workdir` (resuming from its latest checkpoint) and returns the summary."""
@@ -144,101 +230,112 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   workdir = pathlib.Path(workdir)
   split = load_split(cfg, data_dir)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
-  n_train = len(split.train.labels)
+  members, n_train = cfg.ensemble.size, split.train_idx.shape[1]
   steps_per_epoch, n_calls, n_tail = _epoch_plan(n_train, cfg)
   k = cfg.train.steps_per_call if n_calls else 1
 
   model = build_model(cfg)
   tx = optim.make_optimizer(cfg, steps_per_epoch * cfg.num_epochs)
-  root = jax.random.key(cfg.seed)
-  init_key, train_key = jax.random.split(root)
-  state = steps.create_state(model, tx, init_key)
-  plateau = optim.PlateauState(lr=cfg.optimizer.lr)
-  meta = {"epoch": 0, "best_epoch": 0, "best_val_accuracy": -1.0, "plateau": list(plateau)}
+  init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+  state = init_state(cfg, tx, init_key)
+  best_vars = jax.tree.map(jnp.copy, variables(state))  # A copy: the state gets donated.
+  meta = _fresh_meta(cfg)
 
   ckpts = checkpoint.Checkpoints(workdir)
   if ckpts.latest_epoch("latest") is not None:
-    state_tree, meta = ckpts.restore("latest", target=_ckpt_tree(state))
-    state = state.replace(**state_tree)
-    plateau = optim.PlateauState(*meta["plateau"])
-    best = ckpts.meta("best")
-    if best and best["epoch"] > meta["epoch"]:
+    tree, meta = ckpts.restore("latest", target=_ckpt_tree(state))
+    state = state.replace(**tree)
+    best_vars, best_meta = ckpts.restore("best", target=best_vars)
+    if best_meta["epoch"] > meta["epoch"]:
       # Killed between the best and latest saves: keep that best, never overwrite it with worse.
-      meta |= {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"]}
+      meta |= {key: best_meta[key] for key in ("member_best_epoch", "member_best_val_accuracy")}
     _truncate_metrics(workdir / "metrics.jsonl", meta["epoch"])
     _log(f"resuming {workdir} after epoch {meta['epoch']} (best so far: epoch "
-         f"{meta['best_epoch']}, val accuracy {meta['best_val_accuracy']:.4f})")
+         f"{_summary_fields(meta)['best_epoch']}, val accuracy "
+         f"{_summary_fields(meta)['best_val_accuracy']:.4f})")
+  plateaus = [optim.PlateauState(*p) for p in meta["plateau"]]
   provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
 
-  pre_train = preprocess(cfg, split.shift, split.scale, train=True)
-  train_images = jnp.asarray(split.train.images)
-  train_targets = jnp.asarray(data.one_hot(split.train.labels))
+  images = jnp.asarray(split.images)
   compile_start = time.time()
-  compiled = compile_train_steps(cfg, state, train_images, train_targets, pre_train,
+  compiled = compile_train_steps(cfg, state, images, jnp.asarray(data.one_hot(split.labels)),
+                                 preprocess(cfg, split.shift, split.scale, train=True),
                                  sizes={k, 1 if n_tail else k})
-  evaluate = Evaluator(split.val, cfg.train.eval_batch_size,
-                       preprocess(cfg, split.shift, split.scale, train=False), model.apply)
+  evaluate = Evaluator(split, cfg.train.eval_batch_size,
+                       preprocess(cfg, split.shift, split.scale, train=False), model.apply, members)
+  make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
+                                                                 cfg.batch_size)))
+  train_idx = jnp.asarray(split.train_idx)
 
   writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=meta["epoch"] + 1)
   if meta["epoch"] == 0:
     writer.add_text("config", "```\n" + cfg.to_json(indent=2) + "\n```", 0)
   devices = jax.devices()
   _log(f"{len(devices)} device{'s' if len(devices) > 1 else ''} ({devices[0].platform}); "
-       f"{n_train} train / {len(split.val.labels)} val images; {steps_per_epoch} steps of "
-       f"{cfg.batch_size} per epoch; {models.count_params(state.params):,} parameters; "
+       f"{members} member{'s' if members > 1 else ''}; {n_train} train / "
+       f"{split.val_idx.shape[1]} val images; {steps_per_epoch} steps of {cfg.batch_size} per "
+       f"epoch; {models.count_params(state.params) // members:,} parameters per member; "
        f"train step compiled in {time.time() - compile_start:.1f}s")
 
   run_start, first_epoch = time.time(), meta["epoch"]
   try:
     for epoch in range(meta["epoch"] + 1, cfg.num_epochs + 1):
       if optim.is_per_epoch(cfg):
-        lr = optim.epoch_lr(cfg, epoch - 1, plateau)
-        state = state.replace(opt_state=optim.set_lr(state.opt_state, lr))
-      epoch_key = jax.random.fold_in(train_key, epoch)
-      perm_key, step_key = jax.random.split(epoch_key)
-      order = jax.random.permutation(perm_key, n_train)[: steps_per_epoch * cfg.batch_size]
-      batch_idx = order.reshape(steps_per_epoch, cfg.batch_size)
-      keys = jax.random.split(step_key, steps_per_epoch)
-      state, train_metrics, seconds = _run_epoch(
-          state, compiled, batch_idx, keys, k, epoch, cfg.num_epochs, workdir)
-      val = evaluate(_variables(state))
-      images_per_s = steps_per_epoch * cfg.batch_size / seconds
-      lr_used = optim.current_lr(state.opt_state)
-      plateau = optim.plateau_update(
-          plateau, val["accuracy"], factor=cfg.schedule.factor, patience=cfg.schedule.patience,
+        lrs = np.array([optim.epoch_lr(cfg, epoch - 1, p) for p in plateaus], np.float32)
+        state = state.replace(opt_state=optim.set_lr(state.opt_state, lrs))
+      member_keys = jax.random.split(jax.random.fold_in(train_key, epoch), members)
+      batch_idx, keys = make_batches(member_keys, train_idx)
+      state, train_metrics, seconds = _run_epoch(state, compiled, batch_idx, keys, k, epoch,
+                                                 cfg.num_epochs, workdir)
+      val = evaluate(variables(state))
+      lr_used = np.asarray(jax.device_get(state.opt_state.hyperparams["learning_rate"]))
+      plateaus = [optim.plateau_update(
+          p, float(acc), factor=cfg.schedule.factor, patience=cfg.schedule.patience,
           min_lr=cfg.schedule.min_lr, min_delta=cfg.schedule.min_delta,
-          cooldown=cfg.schedule.cooldown)
-      improved = val["accuracy"] > meta["best_val_accuracy"]
-      meta = {"epoch": epoch, "plateau": list(plateau),
-              "best_epoch": epoch if improved else meta["best_epoch"],
-              "best_val_accuracy": max(val["accuracy"], meta["best_val_accuracy"]),
+          cooldown=cfg.schedule.cooldown) for p, acc in zip(plateaus, val["accuracy"])]
+      improved = val["accuracy"] > np.array(meta["member_best_val_accuracy"])
+      meta = {"epoch": epoch, "plateau": [list(p) for p in plateaus],
+              "member_best_epoch": [epoch if i else e
+                                    for i, e in zip(improved, meta["member_best_epoch"])],
+              "member_best_val_accuracy": np.maximum(
+                  val["accuracy"], meta["member_best_val_accuracy"]).tolist(),
               "norm": [split.shift, split.scale]}
-      record = {"epoch": epoch, "train_loss": train_metrics["loss"],
-                "train_accuracy": train_metrics["accuracy"], "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"], "lr": lr_used, "epoch_time_s": seconds,
-                "images_per_s": images_per_s, "best_epoch": meta["best_epoch"]}
-      tree = _ckpt_tree(state)
-      if improved:
-        ckpts.save("best", epoch, tree, meta | {"val_accuracy": val["accuracy"]})
+      if improved.any():
+        best_vars = _keep_best(best_vars, variables(state), improved)
+        ckpts.save("best", epoch, best_vars, meta)
         # `latest` must never point past `best`: a kill between the two saves then only
         # repeats this epoch, which rewrites the same best checkpoint.
         ckpts.wait()
-      ckpts.save("latest", epoch, tree, meta)
+      ckpts.save("latest", epoch, _ckpt_tree(state), meta)
+      record = {"epoch": epoch, "train_loss": train_metrics["loss"],
+                "train_accuracy": train_metrics["accuracy"],
+                "val_loss": float(np.mean(val["loss"])),
+                "val_accuracy": float(np.mean(val["accuracy"])), "lr": float(lr_used.mean()),
+                "epoch_time_s": seconds,
+                "images_per_s": members * steps_per_epoch * cfg.batch_size / seconds,
+                **_summary_fields(meta)}
+      if members > 1:
+        record |= {"val_accuracy_members": val["accuracy"].tolist(),
+                   "lr_members": lr_used.tolist()}
+        if "ensemble_accuracy" in val:
+          record["val_accuracy_ensemble"] = val["ensemble_accuracy"]
       _write_epoch(writer, workdir, record)
       eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
       _log(f"epoch {epoch}/{cfg.num_epochs}: loss {record['train_loss']:.4f} acc "
-           f"{record['train_accuracy']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
-           f"{' (best)' if improved else ''} | lr {lr_used:.2e} | {seconds:.1f}s, "
-           f"{images_per_s:.0f} img/s | ETA {eta / 60:.1f} min")
+           f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
+           f"{record['val_accuracy']:.4f}"
+           + (f" ensemble {record['val_accuracy_ensemble']:.4f}"
+              if "val_accuracy_ensemble" in record else "")
+           + f"{' (best)' if improved.all() else ''} | lr {record['lr']:.2e} | {seconds:.1f}s, "
+           f"{record['images_per_s']:.0f} img/s | ETA {eta / 60:.1f} min")
   finally:
     ckpts.wait()
     ckpts.close()
+  summary = _summary_fields(meta) | {"epochs": meta["epoch"], "workdir": str(workdir)}
   writer.add_hparams({k: v for k, v in flatten(cfg).items() if isinstance(v, (int, float, str))},
-                     {"hparam/best_val_accuracy": meta["best_val_accuracy"]}, name="hparams")
+                     {"hparam/best_val_accuracy": summary["best_val_accuracy"]}, name="hparams")
   writer.close()
-  summary = {"best_epoch": meta["best_epoch"], "best_val_accuracy": meta["best_val_accuracy"],
-             "epochs": meta["epoch"], "workdir": str(workdir)}
-  _log(f"best val accuracy {meta['best_val_accuracy']:.4f} at epoch {meta['best_epoch']}; "
+  _log(f"best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}; "
        f"checkpoint {workdir / 'checkpoints' / 'best'}; TensorBoard: "
        f"tensorboard --logdir {workdir / 'tensorboard'}")
   return summary
@@ -252,30 +349,31 @@ def _ckpt_tree(state: steps.TrainState) -> dict:
 
 def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir):
   """Runs one epoch of fused calls; metrics are read one call behind so dispatch stays async."""
-  steps_per_epoch = len(batch_idx)
+  steps_per_epoch = batch_idx.shape[1]
   bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", unit="step",
                   leave=False, file=sys.stderr, disable=None, dynamic_ncols=True)
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   pending = None
   start = time.time()
 
-  def consume(metrics, done):
+  def consume(metrics, done, size):
     metrics = jax.device_get(metrics)
     for name in totals:
-      totals[name] += float(metrics[name])
-    _check_finite(float(metrics["loss"]), epoch, done, workdir)
-    bar.update(int(metrics["count"]) // (int(batch_idx.shape[1])))
+      totals[name] += float(np.sum(metrics[name]))
+    _check_finite(float(np.sum(metrics["loss"])), epoch, done, workdir)
+    bar.update(size)
     bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.4f}",
                     acc=f"{totals['correct'] / totals['count']:.4f}", refresh=False)
 
   done = 0
   while done < steps_per_epoch:
     size = k if steps_per_epoch - done >= k else 1
-    state, metrics = compiled[size](state, batch_idx[done:done + size], keys[done:done + size])
+    state, metrics = compiled[size](state, batch_idx[:, done:done + size],
+                                    keys[:, done:done + size])
     done += size
     if pending is not None:
       consume(*pending)
-    pending = (metrics, done)
+    pending = (metrics, done, size)
   consume(*pending)
   seconds = time.time() - start
   bar.close()
@@ -284,13 +382,18 @@ def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir):
 
 
 def _write_epoch(writer: SummaryWriter, workdir: pathlib.Path, record: dict) -> None:
-  """Appends the epoch to metrics.jsonl and TensorBoard."""
+  """Appends the epoch to metrics.jsonl and TensorBoard (per member too, for ensembles)."""
   epoch = record["epoch"]
   for name, tag in (("train_loss", "loss/train"), ("val_loss", "loss/val"),
                     ("train_accuracy", "accuracy/train"), ("val_accuracy", "accuracy/val"),
+                    ("val_accuracy_ensemble", "accuracy/val_ensemble"),
                     ("lr", "learning_rate"), ("epoch_time_s", "perf/epoch_time_s"),
                     ("images_per_s", "perf/images_per_s")):
-    writer.add_scalar(tag, record[name], epoch)
+    if name in record:
+      writer.add_scalar(tag, record[name], epoch)
+  for m, acc in enumerate(record.get("val_accuracy_members", [])):
+    writer.add_scalar(f"members/{m}/val_accuracy", acc, epoch)
+    writer.add_scalar(f"members/{m}/learning_rate", record["lr_members"][m], epoch)
   writer.flush()
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")

@@ -48,8 +48,10 @@ def reported(tmp_path_factory, data_dir):
   return workdir, report.make_report(workdir, data_dir, digit=7)
 
 
-def _variables(**kwargs):
-  model = models.create_model("classic", widths=(8, 16), dense=32, **kwargs)
+@pytest.fixture(scope="module")
+def classic():
+  """The classic model (widths 8, 16) and its initialised variables."""
+  model = models.create_model("classic", widths=(8, 16), dense=32)
   return model, models.init_variables(model, jax.random.key(0))
 
 
@@ -90,7 +92,7 @@ def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_d
   workdir, _ = reported
   split = train.load_split(provenance.read_config(workdir), data_dir)
   predictor = predict.load_predictor(workdir)
-  predicted = predictor.logits(split.val.images).argmax(axis=-1)
+  predicted = predictor.probabilities(split.val.images).argmax(axis=-1)
   counts = report.confusion_counts(split.val.labels, predicted)
   assert counts.shape == (10, 10) and counts.sum() == len(split.val.labels) == 30
   assert np.trace(counts) / counts.sum() == pytest.approx(predictor.val_accuracy)
@@ -114,16 +116,30 @@ def test_worst_errors_are_wrong_and_most_confident_first():
   assert len(report.worst_errors(np.array([0]), probs[:1], k=5)) == 0
 
 
-def test_feature_maps_shapes_of_the_classic_model():
-  model, variables = _variables()
-  maps = report.feature_maps(model.apply, variables, _image(), steps.Preprocess())
-  assert {k: v.shape for k, v in maps.items()} == {
-      "Conv_0": (28, 28, 8), "Conv_1": (28, 28, 8), "Conv_2": (14, 14, 16),
-      "Conv_3": (14, 14, 16)}
+W0, W1 = (28, 28, 8), (14, 14, 16)
 
 
-def test_feature_maps_is_pure_and_is_the_layer_output():
-  model, variables = _variables()
+@pytest.mark.parametrize("name,kwargs,shapes", [
+    ("classic", {"widths": (8, 16)}, {"Conv_0": W0, "Conv_1": W0, "Conv_2": W1, "Conv_3": W1}),
+    ("classic", {"widths": (8, 16), "batch_norm": True},
+     {"Conv_0": W0, "Conv_1": W0, "Conv_2": W1, "Conv_3": W1}),
+    ("strided", {"widths": (8, 16, 32)}, {
+        "Conv_0": (26, 26, 8), "Conv_1": (24, 24, 8), "Conv_2": (12, 12, 8),
+        "Conv_3": (10, 10, 16), "Conv_4": (8, 8, 16), "Conv_5": (4, 4, 16),
+        "Conv_6": (1, 1, 32)}),
+])
+def test_feature_maps_shapes_for_every_conv_layer(name, kwargs, shapes):
+  model = models.create_model(name, **kwargs)
+  # Shapes only: eval_shape traces without compiling or running anything.
+  variables = jax.eval_shape(lambda key: models.init_variables(model, key), jax.random.key(0))
+  maps = jax.eval_shape(lambda v: report.feature_maps(model.apply, v, _image(),
+                                                      steps.Preprocess()), variables)
+  assert {k: v.shape for k, v in maps.items()} == shapes
+  assert list(maps) == list(shapes)  # Call order, input layer first.
+
+
+def test_feature_maps_is_pure_and_is_the_layer_output(classic):
+  model, variables = classic
   before = jax.tree.map(np.array, variables)
   pre = steps.Preprocess(shift=10.0, scale=100.0)
   a = report.feature_maps(model.apply, variables, _image(), pre)
@@ -140,18 +156,8 @@ def test_feature_maps_is_pure_and_is_the_layer_output():
   assert not np.allclose(other["Conv_0"], a["Conv_0"])
 
 
-def test_feature_maps_with_batch_norm_and_the_strided_model():
-  model, variables = _variables(batch_norm=True)
-  maps = report.feature_maps(model.apply, variables, _image(), steps.Preprocess())
-  assert [v.shape for v in maps.values()] == [(28, 28, 8)] * 2 + [(14, 14, 16)] * 2
-  strided = models.create_model("strided", widths=(4, 8, 16))
-  variables = models.init_variables(strided, jax.random.key(0))
-  maps = report.feature_maps(strided.apply, variables, _image(), steps.Preprocess())
-  assert len(maps) == 7 and list(maps.values())[-1].shape == (1, 1, 16)
-
-
-def test_first_conv_kernel_is_the_input_layer():
-  _, variables = _variables()
+def test_first_conv_kernel_is_the_input_layer(classic):
+  _, variables = classic
   assert report.first_conv_kernel(variables["params"]).shape == (5, 5, 1, 8)
 
 

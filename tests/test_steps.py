@@ -78,8 +78,10 @@ def test_eval_step_ignores_masked_rows():
   state, images, targets = _setup()
   variables = {"params": state.params}
   mask = jnp.array([1.0] * 5 + [0.0] * 3)
-  full = steps.eval_step(state.apply_fn, variables, images[:5], targets[:5], jnp.ones(5), PRE)
-  padded = steps.eval_step(state.apply_fn, variables, images[:8], targets[:8], mask, PRE)
+  full, logits = steps.eval_step(state.apply_fn, variables, images[:5], targets[:5],
+                                 jnp.ones(5), PRE)
+  padded, _ = steps.eval_step(state.apply_fn, variables, images[:8], targets[:8], mask, PRE)
+  assert logits.shape == (5, 10)
   assert float(padded["count"]) == 5
   assert float(padded["loss"]) == pytest.approx(float(full["loss"]), rel=1e-5)
   assert float(padded["correct"]) == float(full["correct"])

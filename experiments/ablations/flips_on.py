@@ -1,4 +1,4 @@
-"""Ablation of experiments/default.py: random horizontal flips added (a flipped digit is often another digit).
+"""Ablation of experiments/default.py: random horizontal flips (a flipped digit may be another).
 
 Command: dr-jax sweep experiments/ablations/flips_on.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above next

@@ -1,4 +1,4 @@
-"""Ablation of experiments/default.py: Keras-style ReduceLROnPlateau on val accuracy instead of one-cycle.
+"""Ablation of experiments/default.py: ReduceLROnPlateau on val accuracy instead of one-cycle.
 
 Command: dr-jax sweep experiments/ablations/plateau_lr.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above next

@@ -1,4 +1,4 @@
-"""Ablation of experiments/default.py: a 10% validation split instead of 2.5% (fewer training images).
+"""Ablation of experiments/default.py: a 10% validation split instead of 2.5%.
 
 Command: dr-jax sweep experiments/ablations/val_10pct.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above next
