@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import data, optim, predict, steps, train
+from dr_jax import data, optim, parallel, predict, steps, train
 
 
 def _time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -45,8 +45,11 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
   state = train.init_state(cfg, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
   pre = train.preprocess(cfg, 0.0, 255.0, train=True)
-  fused = train.compile_train_steps(cfg, state, images, targets, pre, {k})[k]
-  idx = jnp.asarray(rng.integers(0, n, (members, k, batch)), jnp.int32)
+  mesh = parallel.data_mesh(batch)
+  state, images, targets = jax.device_put((state, images, targets), parallel.replicated(mesh))
+  by_batch = parallel.batch_sharded(mesh)
+  fused = train.compile_train_steps(cfg, state, images, targets, by_batch, pre, {k})[k]
+  idx = jax.device_put(jnp.asarray(rng.integers(0, n, (members, k, batch)), jnp.int32), by_batch)
   keys = jax.random.split(jax.random.key(0), (members, k))
   flops = _flops_per_image(cfg, state, images, targets, pre, batch)
 
@@ -90,40 +93,6 @@ def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[s
   return {"predict_images_per_s": n / statistics.median(times),
           "predict_seconds": statistics.median(times)}
 
-
-def run():
-    nonlocal state
-    for _ in range(calls):
-      state, metrics = fused(state, idx, keys)
-    return metrics
-
-  run()  # Warm-up: first-call allocations and caches.
-  times = _time(run, repeats)
-  rate = calls * k * batch / statistics.median(times)
-  return {"train_images_per_s": rate, "train_images_per_s_best": calls * k * batch / min(times),
-          "train_mflop_per_image": flops / 1e6, "train_gflops_per_s": rate * flops / 1e9}
-
-
-def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
-  """FLOPs of one train step per image, from XLA's cost analysis of a single unfused step."""
-  one = jax.jit(lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre))
-  lowered = one.lower(state, jnp.zeros((1, batch), jnp.int32), jax.random.split(jax.random.key(0), 1))
-  cost = lowered.compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) / batch
-
-
-def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
-  """Images/s of the real predict path (`Predictor.logits`) on `n` synthetic images."""
-  model = train.build_model(cfg)
-  variables = models.init_variables(model, jax.random.key(0))
-  predictor = predict.Predictor(model.apply, variables, train.preprocess(cfg, 0.0, 255.0, False),
-                                epoch=0, val_accuracy=0.0)
-  images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
-  predictor.logits(images)  # Compile.
-  times = _time(lambda: predictor.logits(images), repeats)
-  return {"predict_images_per_s": n / statistics.median(times),
-          "predict_seconds": statistics.median(times)}
 
 
 def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int = 40,

@@ -30,7 +30,11 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
                                            cleanup_tmp_directories=not read_only)
     self.root = root
-    self.managers = {kind: ocp.CheckpointManager(root / kind, options=options) for kind in KINDS}
+    # Named handlers let orbax read a checkpoint's array metadata before restoring it.
+    self.managers = {kind: ocp.CheckpointManager(
+        root / kind, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()}) for kind in KINDS}
 
   def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
     """Saves a state pytree and JSON metadata for `epoch` (asynchronously)."""
@@ -52,8 +56,13 @@ class Checkpoints:
     if epoch is None:
       raise UserError(f"no {kind} checkpoint in {self.root / kind}; train first with "
                       f"`dr-jax train --config FILE --workdir {self.root.parent}`")
-    state_args = ocp.args.StandardRestore(target) if target is not None else \
-        ocp.args.StandardRestore()
+    if target is None:
+      # Restore onto this process's first device whatever topology saved it (a 4-device
+      # training run, a GPU), so predict works anywhere.
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            manager.item_metadata(epoch)["state"].tree)
+    state_args = ocp.args.StandardRestore(target)
     try:
       restored = self._quiet_restore(manager, epoch, ocp.args.Composite(
           state=state_args, meta=ocp.args.JsonRestore()))

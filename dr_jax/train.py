@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from dr_jax import augment, checkpoint, data, models, optim, provenance, steps, xla
+from dr_jax import augment, checkpoint, data, models, optim, parallel, provenance, steps, xla
 from dr_jax.config import check, flatten
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
@@ -120,8 +120,8 @@ def epoch_batches(key: jax.Array, train_idx: jax.Array, steps_per_epoch: int,
 
 
 def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
-                        images: jax.Array, targets: jax.Array, pre: steps.Preprocess,
-                        sizes: set[int]) -> dict[int, Callable]:
+                        images: jax.Array, targets: jax.Array, batch_sharding: Any,
+                        pre: steps.Preprocess, sizes: set[int]) -> dict[int, Callable]:
   """Ahead-of-time compiled `train_steps` (all members) for each fused step count in `sizes`.
 
   Compiled before the loop so epoch timings measure training, not compilation; the state is
@@ -134,9 +134,10 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
   fn = jax.jit(step, donate_argnums=0,
                compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
   keys = jax.random.split(jax.random.key(0), (members, max(sizes)))
-  compiled = {size: fn.lower(state, images, targets,
-                             jnp.zeros((members, size, cfg.batch_size), jnp.int32),
-                             keys[:, :size]).compile() for size in sorted(sizes)}
+  idx = lambda size: jax.device_put(jnp.zeros((members, size, cfg.batch_size), jnp.int32),
+                                    batch_sharding)
+  compiled = {size: fn.lower(state, images, targets, idx(size), keys[:, :size]).compile()
+              for size in sorted(sizes)}
   return {size: _with_data(c, images, targets) for size, c in compiled.items()}
 
 
@@ -147,14 +148,12 @@ def _with_data(compiled, images: jax.Array, targets: jax.Array) -> Callable:
 class Evaluator:
   """Jitted evaluation of every member on its own validation rows (one compile per run)."""
 
-  def __init__(self, split: Split, batch_size: int, pre: steps.Preprocess, apply_fn: Callable,
-               members: int):
+  def __init__(self, split: Split, images: jax.Array, targets: jax.Array, batch_size: int,
+               pre: steps.Preprocess, apply_fn: Callable, members: int):
     n_val = split.val_idx.shape[1]
     self.batch_size = min(batch_size, n_val)
     size, self.num_batches = steps.batches(n_val, self.batch_size)
     pad = lambda a: np.stack([steps.pad_rows(row, size) for row in a])
-    images = jnp.asarray(split.images)
-    targets = jnp.asarray(data.one_hot(split.labels))
     self.idx = jnp.asarray(pad(split.val_idx))
     self.mask = jnp.asarray(pad(np.ones(split.val_idx.shape, np.float32)))
     # Members sharing one validation set can be scored as an ensemble (mean of softmax).
@@ -228,9 +227,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Trains `cfg` in `workdir` (resuming from its latest checkpoint) and returns the summary."""
   check(cfg)
   workdir = pathlib.Path(workdir)
+  mesh = parallel.data_mesh(cfg.batch_size)
   split = load_split(cfg, data_dir)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   members, n_train = cfg.ensemble.size, split.train_idx.shape[1]
+  everywhere, by_batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   steps_per_epoch, n_calls, n_tail = _epoch_plan(n_train, cfg)
   k = cfg.train.steps_per_call if n_calls else 1
 
@@ -254,25 +255,26 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
          f"{_summary_fields(meta)['best_epoch']}, val accuracy "
          f"{_summary_fields(meta)['best_val_accuracy']:.4f})")
   plateaus = [optim.PlateauState(*p) for p in meta["plateau"]]
+  # Parameters and optimizer state are replicated; XLA all-reduces the gradients.
+  state, best_vars = jax.device_put((state, best_vars), everywhere)
   provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
 
-  images = jnp.asarray(split.images)
+  images, targets = jax.device_put((split.images, data.one_hot(split.labels)), everywhere)
   compile_start = time.time()
-  compiled = compile_train_steps(cfg, state, images, jnp.asarray(data.one_hot(split.labels)),
+  compiled = compile_train_steps(cfg, state, images, targets, by_batch,
                                  preprocess(cfg, split.shift, split.scale, train=True),
                                  sizes={k, 1 if n_tail else k})
-  evaluate = Evaluator(split, cfg.train.eval_batch_size,
+  evaluate = Evaluator(split, images, targets, cfg.train.eval_batch_size,
                        preprocess(cfg, split.shift, split.scale, train=False), model.apply, members)
   make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
-                                                                 cfg.batch_size)))
-  train_idx = jnp.asarray(split.train_idx)
+                                                                 cfg.batch_size)),
+                         out_shardings=(by_batch, everywhere))
+  train_idx = jax.device_put(split.train_idx, everywhere)
 
   writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=meta["epoch"] + 1)
   if meta["epoch"] == 0:
     writer.add_text("config", "```\n" + cfg.to_json(indent=2) + "\n```", 0)
-  devices = jax.devices()
-  _log(f"{len(devices)} device{'s' if len(devices) > 1 else ''} ({devices[0].platform}); "
-       f"{members} member{'s' if members > 1 else ''}; {n_train} train / "
+  _log(f"{parallel.describe(mesh)}; {members} member{'s' if members > 1 else ''}; {n_train} train / "
        f"{split.val_idx.shape[1]} val images; {steps_per_epoch} steps of {cfg.batch_size} per "
        f"epoch; {models.count_params(state.params) // members:,} parameters per member; "
        f"train step compiled in {time.time() - compile_start:.1f}s")
@@ -286,7 +288,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
       member_keys = jax.random.split(jax.random.fold_in(train_key, epoch), members)
       batch_idx, keys = make_batches(member_keys, train_idx)
       state, train_metrics, seconds = _run_epoch(state, compiled, batch_idx, keys, k, epoch,
-                                                 cfg.num_epochs, workdir)
+                                                 cfg.num_epochs, workdir, by_batch)
       val = evaluate(variables(state))
       lr_used = np.asarray(jax.device_get(state.opt_state.hyperparams["learning_rate"]))
       plateaus = [optim.plateau_update(
@@ -347,7 +349,7 @@ def _ckpt_tree(state: steps.TrainState) -> dict:
           "opt_state": state.opt_state}
 
 
-def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir):
+def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir, by_batch):
   """Runs one epoch of fused calls; metrics are read one call behind so dispatch stays async."""
   steps_per_epoch = batch_idx.shape[1]
   bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", unit="step",
@@ -368,7 +370,8 @@ def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir):
   done = 0
   while done < steps_per_epoch:
     size = k if steps_per_epoch - done >= k else 1
-    state, metrics = compiled[size](state, batch_idx[:, done:done + size],
+    # device_put keeps the batch axis split across devices (a no-op when it already is).
+    state, metrics = compiled[size](state, jax.device_put(batch_idx[:, done:done + size], by_batch),
                                     keys[:, done:done + size])
     done += size
     if pending is not None:

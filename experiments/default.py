@@ -9,7 +9,7 @@ from dr_jax.config import get_base_config
 
 def get_config():
   c = get_base_config()
-  c.num_epochs = 18
+  c.num_epochs = 20
   c.batch_size = 64
   c.data.val_fraction = 0.025
   c.optimizer.lr = 1e-3

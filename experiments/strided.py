@@ -1,0 +1,22 @@
+"""The stronger single model of the 99.75% Kaggle ensembles: 3x3 convs + batch-norm, stride-2 5x5.
+
+Command: dr-jax train --config experiments/strided.py --workdir runs/strided
+Expected: see README "Results" (accuracy and time measured there on the 2-core CPU).
+"""
+
+import ml_collections
+
+from dr_jax.config import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.num_epochs = 20
+  c.batch_size = 64
+  c.model.name = "strided"
+  c.model.kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128), "dropout": 0.4})
+  c.optimizer.name = "adam"
+  c.optimizer.lr = 1e-3
+  c.schedule.name = "exponential"
+  c.schedule.decay = 0.9
+  return c
