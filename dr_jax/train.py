@@ -192,6 +192,19 @@ def variables(state: steps.TrainState) -> dict:
   return v
 
 
+_BEST_KEYS = ("member_best_epoch", "member_best_val_accuracy", "member_best_val_loss")
+
+
+def is_better(accuracy: np.ndarray, loss: np.ndarray, best_accuracy: np.ndarray,
+              best_loss: np.ndarray) -> np.ndarray:
+  """Per member: higher validation accuracy, or the same accuracy at a lower loss.
+
+  A small validation set ties often (1,050 images: steps of 0.1%); the loss breaks the tie
+  instead of freezing the first epoch that reached it.
+  """
+  return (accuracy > best_accuracy) | ((accuracy == best_accuracy) & (loss < best_loss))
+
+
 def _keep_best(best: dict, current: dict, improved: np.ndarray) -> dict:
   """Per member: the current variables where it improved, else its best so far."""
   mask = jnp.asarray(improved)
@@ -213,7 +226,8 @@ def _check_finite(loss: float, epoch: int, step: int, workdir: pathlib.Path) -> 
 def _fresh_meta(cfg: ml_collections.ConfigDict) -> dict:
   members = cfg.ensemble.size
   return {"epoch": 0, "plateau": [list(optim.PlateauState(lr=cfg.optimizer.lr))] * members,
-          "member_best_epoch": [0] * members, "member_best_val_accuracy": [-1.0] * members}
+          "member_best_epoch": [0] * members, "member_best_val_accuracy": [-1.0] * members,
+          "member_best_val_loss": [math.inf] * members}
 
 
 def _summary_fields(meta: dict) -> dict:
@@ -249,7 +263,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     best_vars, best_meta = ckpts.restore("best", target=best_vars)
     if best_meta["epoch"] > meta["epoch"]:
       # Killed between the best and latest saves: keep that best, never overwrite it with worse.
-      meta |= {key: best_meta[key] for key in ("member_best_epoch", "member_best_val_accuracy")}
+      meta |= {key: best_meta[key] for key in _BEST_KEYS}
     _truncate_metrics(workdir / "metrics.jsonl", meta["epoch"])
     _log(f"resuming {workdir} after epoch {meta['epoch']} (best so far: epoch "
          f"{_summary_fields(meta)['best_epoch']}, val accuracy "
@@ -295,12 +309,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
           p, float(acc), factor=cfg.schedule.factor, patience=cfg.schedule.patience,
           min_lr=cfg.schedule.min_lr, min_delta=cfg.schedule.min_delta,
           cooldown=cfg.schedule.cooldown) for p, acc in zip(plateaus, val["accuracy"])]
-      improved = val["accuracy"] > np.array(meta["member_best_val_accuracy"])
+      improved = is_better(val["accuracy"], val["loss"], np.array(meta["member_best_val_accuracy"]),
+                           np.array(meta["member_best_val_loss"]))
       meta = {"epoch": epoch, "plateau": [list(p) for p in plateaus],
               "member_best_epoch": [epoch if i else e
                                     for i, e in zip(improved, meta["member_best_epoch"])],
-              "member_best_val_accuracy": np.maximum(
-                  val["accuracy"], meta["member_best_val_accuracy"]).tolist(),
+              "member_best_val_accuracy": np.where(
+                  improved, val["accuracy"], meta["member_best_val_accuracy"]).tolist(),
+              "member_best_val_loss": np.where(
+                  improved, val["loss"], meta["member_best_val_loss"]).tolist(),
               "norm": [split.shift, split.scale]}
       if improved.any():
         best_vars = _keep_best(best_vars, variables(state), improved)

@@ -69,7 +69,8 @@ def test_fused_steps_equal_sequential_steps():
     seq, m = step(seq, images[idx[i]], targets[idx[i]], keys[i])
     total += float(m["loss"])
   for a, b in zip(jax.tree.leaves(fused.params), jax.tree.leaves(seq.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Not bitwise: the fused program may sum in another order (GPUs differ by ~1e-5 relative).
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert float(fused_metrics["loss"]) == pytest.approx(total, rel=1e-5)
   assert int(fused_metrics["count"]) == 24
 

@@ -194,3 +194,16 @@ def test_ctrl_c_stops_cleanly_after_saving(tmp_path, data_dir, cli_env):
   _, meta = _params(workdir)
   assert meta["epoch"] >= 1
   assert len(_metrics(workdir)) >= meta["epoch"]
+
+
+@pytest.mark.parametrize("acc,loss,best_acc,best_loss,expected", [
+    (0.99, 0.05, 0.98, 0.01, True),   # Higher accuracy wins whatever the loss.
+    (0.98, 0.01, 0.99, 0.05, False),  # Lower accuracy never wins.
+    (0.99, 0.04, 0.99, 0.05, True),   # A tie goes to the lower loss.
+    (0.99, 0.05, 0.99, 0.05, False),  # A full tie keeps the earlier checkpoint.
+    (0.99, 0.06, 0.99, 0.05, False),
+])
+def test_is_better(acc, loss, best_acc, best_loss, expected):
+  got = train.is_better(np.array([acc]), np.array([loss]), np.array([best_acc]),
+                        np.array([best_loss]))
+  assert got.tolist() == [expected]
