@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import statistics
+import subprocess
 import time
 from typing import Callable
 
@@ -13,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from dr_jax import data, optim, parallel, predict, steps, train
+from dr_jax.errors import UserError
 
 
 def _time(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -121,10 +124,39 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
   return result
 
 
+def torch_rates(python: str, script: pathlib.Path, batch: int, num_steps: int, repeats: int,
+                predict_n: int) -> dict[str, float]:
+  """Runs the PyTorch reference script with `python` in a subprocess; its figures as `torch_*`."""
+  if not script.is_file():
+    raise UserError(f"{script} not found; run from the dr_jax checkout")
+  # torch lives in its own environment if you like: with it installed, tensorboardX imports it
+  # into every dr_jax process.
+  check = subprocess.run([python, "-c", "import torch"], capture_output=True)
+  if check.returncode:
+    raise UserError(f"--vs-torch: {python} cannot import torch; pip install torch there, or pass "
+                    "--vs-torch PATH/TO/python of an environment that has it")
+  proc = subprocess.run([python, str(script), "--batch", str(batch), "--steps",
+                         str(num_steps), "--repeats", str(repeats), "--predict-images",
+                         str(predict_n)], capture_output=True, text=True)
+  if proc.returncode:
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise UserError(f"{script} failed: {last}")
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  return {f"torch_{k}": v for k, v in figures.items() if k.endswith("per_s")}
+
+
 def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats: int,
-         predict_n: int = 28000) -> dict:
+         predict_n: int = 28000, vs_torch: str | None = None,
+         torch_script: pathlib.Path | None = None) -> dict:
   """Prints a table and, as the last line, the figures as JSON."""
   result = run(cfg, batch, steps, repeats, predict_n)
+  if vs_torch is not None:
+    # Measured in the same invocation, one after the other, so the ratios share the machine's state.
+    result.update(torch_rates(vs_torch, torch_script, int(result["batch"]), steps, repeats,
+                              predict_n))
+    result["train_vs_torch"] = result["train_images_per_s"] / result["torch_train_images_per_s"]
+    result["predict_vs_torch"] = (result["predict_images_per_s"]
+                                  / result["torch_predict_images_per_s"])
   width = max(len(k) for k in result)
   for key, value in result.items():
     print(f"{key:<{width}}  {value:,.2f}" if isinstance(value, float) else

@@ -56,16 +56,8 @@ class Checkpoints:
     if epoch is None:
       raise UserError(f"no {kind} checkpoint in {self.root / kind}; train first with "
                       f"`dr-jax train --config FILE --workdir {self.root.parent}`")
-    if target is None:
-      # Restore onto this process's first device whatever topology saved it (a 4-device
-      # training run, a GPU), so predict works anywhere.
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            manager.item_metadata(epoch)["state"].tree)
-    state_args = ocp.args.StandardRestore(target)
     try:
-      restored = self._quiet_restore(manager, epoch, ocp.args.Composite(
-          state=state_args, meta=ocp.args.JsonRestore()))
+      restored = self._quiet_restore(manager, epoch, target)
     except Exception as e:  # orbax raises many types for damaged files; all mean the same here.
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       first = first if len(first) <= 160 else first[:157] + "..."
@@ -75,7 +67,7 @@ class Checkpoints:
     return restored["state"], restored["meta"]
 
   @staticmethod
-  def _quiet_restore(manager: ocp.CheckpointManager, epoch: int, args: ocp.args.Composite) -> Any:
+  def _quiet_restore(manager: ocp.CheckpointManager, epoch: int, target: Any | None) -> Any:
     """Restores; on failure, lets orbax's pending reads finish before raising.
 
     With a damaged file, reads still in flight when orbax closes its event loop print
@@ -83,6 +75,15 @@ class Checkpoints:
     """
     with contextlib.redirect_stderr(io.StringIO()):
       try:
+        if target is None:
+          # Onto this process's first device, whatever topology saved it (a 4-device run, a
+          # GPU), so predict works anywhere.
+          device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+          target = jax.tree.map(
+              lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+              manager.item_metadata(epoch)["state"].tree)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                  meta=ocp.args.JsonRestore())
         return manager.restore(epoch, args=args)
       except Exception:
         manager.close()

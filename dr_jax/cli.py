@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--predict-images", type=int, default=28000,
                  help="images in the timed predict (Kaggle's test set has 28,000)")
+  p.add_argument("--vs-torch", nargs="?", const=sys.executable, metavar="PYTHON",
+                 help="also time the same CNN in PyTorch (experiments/torch_baseline.py, run "
+                 "by PYTHON, default this interpreter) and report the ratios")
 
   p = add("sweep", "Train configs × seeds (resumable); mean ± std per config.")
   p.add_argument("configs", type=pathlib.Path, nargs="+", metavar="CONFIG",
@@ -160,7 +163,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
     cfg = _config(args.config or _default_config(), overrides)
     bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
-               predict_n=args.predict_images)
+               predict_n=args.predict_images, vs_torch=args.vs_torch,
+               torch_script=_REPO / "experiments" / "torch_baseline.py")
   elif args.command == "sweep":
     from dr_jax import sweep
 

@@ -169,7 +169,13 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Validates values that no type check catches, before any work starts."""
+  """Validates keys and values that no type check catches, before any work starts."""
+  # model.kwargs belong to the chosen model, which checks them when it is built.
+  general = lambda c: {k for k in flatten(c) if not k.startswith("model.kwargs.")}
+  unknown = sorted(general(config) - general(get_base_config()))
+  if unknown:
+    raise UserError(f"unknown config key(s) {', '.join(unknown)}; every key must exist in "
+                    "dr_jax.config.get_base_config()")
   for key in ("num_epochs", "batch_size", "train.steps_per_call", "train.eval_batch_size",
               "ensemble.size"):
     if flatten(config)[key] < 1:

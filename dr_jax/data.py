@@ -235,6 +235,13 @@ def _file_hash(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
+def find_csv(data_dir: pathlib.Path, name: str) -> pathlib.Path:
+  """`data_dir/name`, or its gzip'd `name.gz` when only that exists."""
+  path = pathlib.Path(data_dir) / name
+  gz = path.with_name(path.name + ".gz")
+  return gz if not path.exists() and gz.exists() else path
+
+
 def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
              fill_value: int = 0) -> Digits:
   """`parse_csv` with an `.npz` cache keyed by the file's hash, so a second load is near-instant."""

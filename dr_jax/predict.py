@@ -100,7 +100,7 @@ def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | N
   """Predicts test.csv with the best checkpoint and writes the submission atomically."""
   predictor = load_predictor(workdir)
   cfg = provenance.read_config(workdir)
-  test = data.load_csv(pathlib.Path(data_dir) / "test.csv", with_labels=False,
+  test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
                        nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
   labels = predictor.probabilities(test.images, tta=tta, vote=vote).argmax(axis=-1)
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / "submission.csv"

@@ -51,7 +51,7 @@ class Split:
 
 def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
-  digits = data.load_csv(pathlib.Path(data_dir) / "train.csv", with_labels=True,
+  digits = data.load_csv(data.find_csv(data_dir, "train.csv"), with_labels=True,
                          nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
   images, labels = digits.images, digits.labels
   if cfg.data.subset:

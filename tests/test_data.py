@@ -488,3 +488,11 @@ def test_normalize_jax_matches_numpy(method):
   out = data.normalize(jnp.asarray(images), shift, scale)
   assert isinstance(out, jnp.ndarray) and out.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out), data.normalize(images, shift, scale), rtol=1e-6)
+
+
+def test_find_csv_prefers_plain_then_gzip(tmp_path):
+  assert data.find_csv(tmp_path, "train.csv") == tmp_path / "train.csv"
+  (tmp_path / "train.csv.gz").write_bytes(b"")
+  assert data.find_csv(tmp_path, "train.csv") == tmp_path / "train.csv.gz"
+  (tmp_path / "train.csv").write_text("")
+  assert data.find_csv(tmp_path, "train.csv") == tmp_path / "train.csv"

@@ -425,3 +425,14 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path: pathlib.P
   assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
   fetch_mod._write_atomic(target, iter(["a\n", "b\n"]))
   assert target.read_text() == "a\nb\n" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
+
+
+def test_only_fetch_unpickles_and_nothing_evals():
+  """The restricted unpickler in fetch.py is the package's only door for pickles; no eval/exec."""
+  package = pathlib.Path(fetch_mod.__file__).resolve().parent
+  for path in package.glob("*.py"):
+    source = path.read_text()
+    if path.name != "fetch.py":
+      assert "pickle" not in source, path.name
+    assert not re.search(r"(?<![\w.])(eval|exec)\(", source), path.name
+    assert "allow_pickle=True" not in source, path.name

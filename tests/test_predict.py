@@ -1,0 +1,114 @@
+"""Tests of dr_jax.predict: vectorized member/TTA probabilities, submission format, scoring."""
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from dr_jax import config, optim, predict, train
+from dr_jax.errors import UserError
+
+
+def _predictor(members=1):
+  cfg = config.get_base_config()
+  cfg.model.kwargs.widths = (8, 16)
+  cfg.model.kwargs.dense = 32
+  cfg.ensemble.size = members
+  state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
+  return predict.Predictor(train.build_model(cfg).apply, train.variables(state),
+                           train.preprocess(cfg, 0.0, 255.0, train=False), members, 1, 0.5)
+
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (13, 28, 28, 1), dtype=np.uint8)
+
+
+def test_member_logits_shapes_and_batching_do_not_matter():
+  p = _predictor(members=3)
+  logits = p.member_logits(IMAGES, batch_size=5)
+  assert logits.shape == (3, 13, 10) and np.isfinite(logits).all()
+  np.testing.assert_allclose(p.member_logits(IMAGES, batch_size=13), logits, rtol=1e-5,
+                             atol=1e-5)
+  assert not np.allclose(logits[0], logits[1])
+
+
+def test_probabilities_average_member_softmax():
+  p = _predictor(members=3)
+  probs = p.probabilities(IMAGES)
+  assert probs.shape == (13, 10)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+  expected = np.asarray(jax.nn.softmax(p.member_logits(IMAGES))).mean(axis=0)
+  np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vote_counts_member_top_classes():
+  p = _predictor(members=3)
+  votes = p.probabilities(IMAGES, vote=True)
+  top = p.member_logits(IMAGES).argmax(-1)
+  for i in range(len(IMAGES)):
+    np.testing.assert_allclose(votes[i], np.bincount(top[:, i], minlength=10) / 3)
+
+
+def test_tta_of_one_is_the_plain_prediction_and_more_views_change_it():
+  p = _predictor()
+  plain = np.asarray(jax.nn.softmax(p.member_logits(IMAGES)[0]))
+  np.testing.assert_allclose(p.probabilities(IMAGES, tta=1), plain, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(p.probabilities(IMAGES, tta=5), plain)
+
+
+@pytest.mark.parametrize("tta", [0, 10])
+def test_tta_out_of_range_is_a_user_error(tta):
+  with pytest.raises(UserError, match="--tta"):
+    _predictor().probabilities(IMAGES, tta=tta)
+
+
+def test_submission_text_is_kaggles_format():
+  text = predict.submission_text(np.array([3, 0, 9]))
+  assert text == "ImageId,Label\n1,3\n2,0\n3,9\n"
+
+
+def _write(path, rows, header="ImageId,Label"):
+  path.write_text(header + "\n" + "".join(f"{a},{b}\n" for a, b in rows))
+  return path
+
+
+def test_score_matches_by_image_id_not_row_order(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5), (4, 6)])
+  sub = _write(tmp_path / "sub.csv", [(4, 6), (3, 0), (2, 4), (1, 3)])
+  assert predict.score(sub, answers) == 0.75
+
+
+@pytest.mark.parametrize("rows,fragment", [
+    ([(1, 3), (2, 4)], "missing"), ([(1, 3), (2, 4), (3, 5), (9, 1)], "unknown"),
+    ([(1, 3), (1, 3), (2, 4), (3, 5)], "more than once")])
+def test_score_rejects_bad_ids(tmp_path, rows, fragment):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5)])
+  with pytest.raises(UserError, match=fragment):
+    predict.score(_write(tmp_path / "sub.csv", rows), answers)
+
+
+def test_score_rejects_wrong_header_and_missing_file(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3)])
+  with pytest.raises(UserError, match="ImageId,Label"):
+    predict.score(_write(tmp_path / "sub.csv", [(1, 3)], header="Id,Label"), answers)
+  with pytest.raises(UserError, match="not found"):
+    predict.score(tmp_path / "nope.csv", answers)
+
+
+def test_predict_writes_atomically_and_round_trips(tmp_path, kaggle_dir):
+  data_dir = kaggle_dir(n_train=200, n_test=30)
+  cfg = config.get_base_config()
+  for key, value in {"num_epochs": 1, "batch_size": 32, "data.val_fraction": 0.1,
+                     "train.steps_per_call": 2}.items():
+    cfg = config.apply_overrides(cfg, [f"{key}={value}"])
+  cfg.model.kwargs.widths = (8, 16)
+  cfg.model.kwargs.dense = 32
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(cfg, workdir, data_dir)
+  out, predictor = predict.predict(workdir, data_dir)
+  frame = pd.read_csv(out)
+  assert list(frame.columns) == ["ImageId", "Label"] and len(frame) == 30
+  assert frame["ImageId"].tolist() == list(range(1, 31))
+  assert not list(workdir.glob(".submission.csv.*"))
+  again, _ = predict.predict(workdir, data_dir, tmp_path / "again.csv")
+  assert again.read_text() == out.read_text()
+  assert predictor.members == 1 and predictor.epoch == 1
