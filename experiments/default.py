@@ -1,7 +1,11 @@
-"""The README's main run: best local accuracy that fits in about 15 minutes on a 2-core CPU.
+"""The README's main run: the best local accuracy that fits in about 15 minutes on a 2-core CPU.
 
+The classic Kaggle CNN with the seed post's augmentation, RMSprop under a one-cycle learning
+rate (warm up, then anneal to ~0: the best use of a fixed budget of 22 epochs), and a 10%
+validation split: with 2.5% (1,050 images) the best-accuracy checkpoint is picked by one or two
+images of noise and often lands mid-training.
 Command: dr-jax run   (or: dr-jax train --config experiments/default.py --workdir runs/default)
-Expected: see README "Results" (measured there on the 2-core AMD EPYC CPU).
+Expected: see README "Results" (accuracy on the local answers and wall time, measured there).
 """
 
 from dr_jax.config import get_base_config
@@ -9,9 +13,9 @@ from dr_jax.config import get_base_config
 
 def get_config():
   c = get_base_config()
-  c.num_epochs = 20
+  c.num_epochs = 22
   c.batch_size = 64
-  c.data.val_fraction = 0.025
+  c.data.val_fraction = 0.1
   c.optimizer.lr = 1e-3
   c.schedule.name = "onecycle"
   return c
