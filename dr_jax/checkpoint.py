@@ -90,14 +90,6 @@ class Checkpoints:
         time.sleep(1.0)
         raise
 
-  def meta(self, kind: str) -> dict | None:
-    """The JSON metadata of the newest `kind` checkpoint (without loading arrays), or None."""
-    manager = self.managers[kind]
-    epoch = manager.latest_step()
-    if epoch is None:
-      return None
-    return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     for manager in self.managers.values():
@@ -112,8 +104,3 @@ class Checkpoints:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def abstract(tree: Any) -> Any:
-  """Shape/dtype skeleton of a pytree, for restoring without materialising a throwaway copy."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
