@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import logging
 import pathlib
 import time
 from typing import Any
@@ -88,6 +90,11 @@ class Checkpoints:
       except Exception:
         manager.close()
         time.sleep(1.0)
+        # The failed reads' futures report "exception was never retrieved" through the asyncio
+        # logger when collected; collect them now and keep that logger quiet: the caller is
+        # about to report the failure in one line.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        gc.collect()
         raise
 
   def wait(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -206,7 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     _run(args, overrides)
   except UserError as e:
     print(f"dr-jax: error: {e}", file=sys.stderr)
-    return 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit at once: after a failed checkpoint read, orbax's abandoned read coroutines print
+    # "Exception ignored" tracebacks while the interpreter shuts down, burying the one line
+    # that matters. Nothing is pending: training waits for its saves before raising.
+    os._exit(2)
   except KeyboardInterrupt:
     print("dr-jax: interrupted; the last completed epoch is saved, rerun the same command to "
           "resume", file=sys.stderr)

@@ -431,7 +431,7 @@ def test_only_fetch_unpickles_and_nothing_evals():
   """The restricted unpickler in fetch.py is the package's only door for pickles; no eval/exec."""
   package = pathlib.Path(fetch_mod.__file__).resolve().parent
   for path in package.glob("*.py"):
-    source = path.read_text()
+    source = path.read_text().replace("allow_pickle=False", "")
     if path.name != "fetch.py":
       assert "pickle" not in source, path.name
     assert not re.search(r"(?<![\w.])(eval|exec)\(", source), path.name
