@@ -47,6 +47,27 @@ def write_kaggle_dir(path: pathlib.Path, n_train: int = 400, n_test: int = 100,
   return path
 
 
+def tiny_config(**overrides):
+  """A small, fast config (narrow classic CNN, 2 epochs) with dotted-key overrides."""
+  from dr_jax import config
+
+  cfg = config.get_base_config()
+  cfg.num_epochs = 2
+  cfg.batch_size = 32
+  cfg.data.val_fraction = 0.1
+  cfg.model.kwargs.widths = (8, 16)
+  cfg.model.kwargs.dense = 32
+  cfg.train.steps_per_call = 3
+  cfg.train.eval_batch_size = 16
+  return config.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def data_dir(kaggle_dir: Callable[..., pathlib.Path]) -> pathlib.Path:
+  """A module's tiny learnable dataset: 300 training and 20 test images."""
+  return kaggle_dir(n_train=300, n_test=20)
+
+
 @pytest.fixture(scope="session")
 def kaggle_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
   """Factory of fresh tiny Kaggle-format data dirs: `kaggle_dir(n_train=400, n_test=100, seed=0)`."""

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from dr_jax import cli, config, models, predict, provenance, report, steps, train
+from dr_jax import cli, models, predict, provenance, report, steps, train
 from dr_jax.errors import UserError
+from conftest import tiny_config
 
 FIGURES = {"learning_curves", "confusion_matrix", "worst_errors", "conv1_filters", "digit",
            "feature_maps_Conv_0", "feature_maps_Conv_1", "feature_maps_Conv_2",
@@ -23,20 +24,7 @@ def png_size(path):
 
 
 def _cfg():
-  cfg = config.get_base_config()
-  cfg.num_epochs = 2
-  cfg.batch_size = 32
-  cfg.data.val_fraction = 0.1
-  cfg.model.kwargs.widths = (8, 16)
-  cfg.model.kwargs.dense = 32
-  cfg.train.steps_per_call = 1
-  cfg.train.eval_batch_size = 16
-  return cfg
-
-
-@pytest.fixture(scope="module")
-def data_dir(kaggle_dir):
-  return kaggle_dir(n_train=300, n_test=20)
+  return tiny_config(**{"train.steps_per_call": 1})
 
 
 @pytest.fixture(scope="module")

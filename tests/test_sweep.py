@@ -61,11 +61,6 @@ def xla_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data_dir(kaggle_dir):
-  return kaggle_dir(n_train=300, n_test=20)
-
-
-@pytest.fixture(scope="module")
 def swept(tmp_path_factory, data_dir):
   """Two configs × two seeds, swept once for the whole module."""
   configs = tmp_path_factory.mktemp("configs")

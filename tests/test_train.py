@@ -15,25 +15,12 @@ import pytest
 
 from dr_jax import checkpoint, config, data, optim, parallel, steps, train
 from dr_jax.errors import UserError
+from conftest import tiny_config
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
 
-def _cfg(**overrides):
-  cfg = config.get_base_config()
-  cfg.num_epochs = 2
-  cfg.batch_size = 32
-  cfg.data.val_fraction = 0.1
-  cfg.model.kwargs.widths = (8, 16)
-  cfg.model.kwargs.dense = 32
-  cfg.train.steps_per_call = 3
-  cfg.train.eval_batch_size = 16
-  return config.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
-
-
-@pytest.fixture(scope="module")
-def data_dir(kaggle_dir):
-  return kaggle_dir(n_train=300, n_test=20)
+_cfg = tiny_config
 
 
 def _params(workdir, kind="latest"):
