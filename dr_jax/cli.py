@@ -200,6 +200,7 @@ def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   """Entry point: returns 0, or 2 with one line on stderr for anything the user can fix."""
+  from_command_line = argv is None  # In-process callers (tests, notebooks) get a return code.
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     rest, overrides = _split_overrides(argv)
@@ -207,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     _run(args, overrides)
   except UserError as e:
     print(f"dr-jax: error: {e}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Exit at once: after a failed checkpoint read, orbax's abandoned read coroutines print
-    # "Exception ignored" tracebacks while the interpreter shuts down, burying the one line
-    # that matters. Nothing is pending: training waits for its saves before raising.
-    os._exit(2)
+    if from_command_line:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      # Exit at once: after a failed checkpoint read, orbax's abandoned read coroutines print
+      # "Exception ignored" tracebacks while the interpreter shuts down, burying the one line
+      # that matters. Nothing is pending: training waits for its saves before raising.
+      os._exit(2)
+    return 2
   except KeyboardInterrupt:
     print("dr-jax: interrupted; the last completed epoch is saved, rerun the same command to "
           "resume", file=sys.stderr)
