@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from dr_jax.errors import UserError
+from dr_jax.files import atomic_write_lines
 
 try:
   from numpy._core import multiarray as _multiarray
@@ -100,17 +101,6 @@ def decode_mnist_pickle(pickle_gz: bytes, sha256: str = PICKLE_SHA256) -> tuple[
   return pixels.astype(np.uint8), labels
 
 
-def _write_atomic(path: pathlib.Path, lines: Iterable[str]) -> None:
-  """Write text lines to a temp file beside path, then rename it over path."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  try:
-    with open(tmp, "w", encoding="ascii", newline="\n") as f:
-      f.writelines(lines)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)  # Only left over when writing failed.
-
-
 def _pixel_rows(images: np.ndarray, prefixes: list[str]) -> Iterator[str]:
   """Yield one CSV line per image, each led by its prefix."""
   for prefix, row in zip(prefixes, images):
@@ -143,7 +133,7 @@ def build_kaggle_files(
   # train.csv last: its presence then implies the others finished, which fetch() relies on.
   for name in ("sample_submission.csv", ANSWERS_FILE, "test.csv", "train.csv"):
     header, rows = outputs[name]
-    _write_atomic(out_dir / name, itertools.chain(header, rows))
+    atomic_write_lines(out_dir / name, itertools.chain(header, rows))
     count = n_train if name == "train.csv" else n_test
     print(f"fetch: wrote {out_dir / name} ({count:,} rows)", file=sys.stderr)
   return tuple(out_dir / name for name in ("train.csv", "test.csv", "sample_submission.csv", ANSWERS_FILE))

