@@ -321,11 +321,6 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
               "norm": [split.shift, split.scale]}
       if improved.any():
         best_vars = _keep_best(best_vars, variables(state), improved)
-        ckpts.save("best", epoch, best_vars, meta)
-        # `latest` must never point past `best`: a kill between the two saves then only
-        # repeats this epoch, which rewrites the same best checkpoint.
-        ckpts.wait()
-      ckpts.save("latest", epoch, _ckpt_tree(state), meta)
       record = {"epoch": epoch, "train_loss": train_metrics["loss"],
                 "train_accuracy": train_metrics["accuracy"],
                 "val_loss": float(np.mean(val["loss"])),
@@ -338,7 +333,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                    "lr_members": lr_used.tolist()}
         if "ensemble_accuracy" in val:
           record["val_accuracy_ensemble"] = val["ensemble_accuracy"]
-      _write_epoch(writer, workdir, record)
+      # Ctrl-C waits for the epoch's logs and checkpoints, so the two always agree.
+      with checkpoint.uninterrupted():
+        _write_epoch(writer, workdir, record)
+        if improved.any():
+          ckpts.save("best", epoch, best_vars, meta)
+          # `latest` must never point past `best`: a kill between the two saves then only
+          # repeats this epoch, which rewrites the same best checkpoint.
+          ckpts.wait()
+        ckpts.save("latest", epoch, _ckpt_tree(state), meta)
       eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
       _log(f"epoch {epoch}/{cfg.num_epochs}: loss {record['train_loss']:.4f} acc "
            f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
@@ -348,8 +351,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
            + f"{' (best)' if improved.all() else ''} | lr {record['lr']:.2e} | {seconds:.1f}s, "
            f"{record['images_per_s']:.0f} img/s | ETA {eta / 60:.1f} min")
   finally:
-    ckpts.wait()
-    ckpts.close()
+    with checkpoint.uninterrupted():
+      ckpts.wait()
+      ckpts.close()
   summary = _summary_fields(meta) | {"epochs": meta["epoch"], "workdir": str(workdir)}
   writer.add_hparams({k: v for k, v in flatten(cfg).items() if isinstance(v, (int, float, str))},
                      {"hparam/best_val_accuracy": summary["best_val_accuracy"]}, name="hparams")
