@@ -7,8 +7,6 @@ import gc
 import io
 import logging
 import pathlib
-import signal
-import threading
 import time
 from typing import Any
 
@@ -18,26 +16,6 @@ import orbax.checkpoint as ocp
 from dr_jax.errors import UserError
 
 KINDS = ("latest", "best")
-
-
-@contextlib.contextmanager
-def uninterrupted():
-  """Holds Ctrl-C (SIGINT) until the block ends, then raises it: a save is never cut in half.
-
-  A KeyboardInterrupt raised inside orbax's wait for its finalize thread leaves orbax logging
-  a traceback about the half-finished save, and the save itself in doubt.
-  """
-  if threading.current_thread() is not threading.main_thread():
-    yield  # Signal handlers can only be installed from the main thread.
-    return
-  received = []
-  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
-  if received and callable(previous):
-    previous(signal.SIGINT, received[0])
 
 
 class Checkpoints:

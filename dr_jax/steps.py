@@ -109,10 +109,12 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
       if size > len(array) else array
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "batch_size"))
-def batched_logits(apply_fn: Callable, variables: dict, images: jax.Array, pre: Preprocess,
-                   batch_size: int) -> jax.Array:
-  """Logits for `(n, 28, 28, 1)` images (n a multiple of batch_size), one batch at a time."""
-  stacked = images.reshape((-1, batch_size, *images.shape[1:]))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "pre"))
+def batched_logits(apply_fn: Callable, variables: dict, stacked: jax.Array,
+                   pre: Preprocess) -> jax.Array:
+  """Logits `(n, 10)` for images stacked as `(batches, batch, 28, 28, 1)`, a batch at a time.
+
+  Stacked by the caller so the batch axis can already be split across devices.
+  """
   logits = jax.lax.map(lambda x: logits_fn(apply_fn, variables, x, pre), stacked)
   return logits.reshape((-1, logits.shape[-1]))

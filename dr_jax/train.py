@@ -22,7 +22,8 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from dr_jax import augment, checkpoint, data, models, optim, parallel, provenance, steps, xla
+from dr_jax import (augment, checkpoint, data, distributed, interrupts, models, optim, parallel,
+                    provenance, steps, xla)
 from dr_jax.config import check, flatten
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
@@ -134,7 +135,8 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
   fn = jax.jit(step, donate_argnums=0,
                compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
   keys = jax.random.split(jax.random.key(0), (members, max(sizes)))
-  idx = lambda size: jax.device_put(jnp.zeros((members, size, cfg.batch_size), jnp.int32),
+  # From host memory: device_put cannot spread a local jax.Array over other processes' devices.
+  idx = lambda size: jax.device_put(np.zeros((members, size, cfg.batch_size), np.int32),
                                     batch_sharding)
   compiled = {size: fn.lower(state, images, targets, idx(size), keys[:, :size]).compile()
               for size in sorted(sizes)}
@@ -212,8 +214,16 @@ def _keep_best(best: dict, current: dict, improved: np.ndarray) -> dict:
                       best, current)
 
 
+class _NoWriter:
+  """TensorBoard for processes other than 0: one event file per run, not one per process."""
+
+  def __getattr__(self, name: str) -> Callable:
+    return lambda *args, **kwargs: None
+
+
 def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
+  if distributed.is_primary():
+    print(message, file=sys.stderr, flush=True)
 
 
 def _check_finite(loss: float, epoch: int, step: int, workdir: pathlib.Path) -> None:
@@ -242,6 +252,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   check(cfg)
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
+  primary = distributed.is_primary()
   split = load_split(cfg, data_dir)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   members, n_train = cfg.ensemble.size, split.train_idx.shape[1]
@@ -252,7 +263,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   model = build_model(cfg)
   tx = optim.make_optimizer(cfg, steps_per_epoch * cfg.num_epochs)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-  state = init_state(cfg, tx, init_key)
+  # Parameters and optimizer state are replicated; XLA all-reduces the gradients. Initialised
+  # inside jit so every process of a multi-host run builds its part of the same global arrays.
+  state = jax.jit(lambda key: init_state(cfg, tx, key), out_shardings=everywhere)(init_key)
   best_vars = jax.tree.map(jnp.copy, variables(state))  # A copy: the state gets donated.
   meta = _fresh_meta(cfg)
 
@@ -264,14 +277,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     if best_meta["epoch"] > meta["epoch"]:
       # Killed between the best and latest saves: keep that best, never overwrite it with worse.
       meta |= {key: best_meta[key] for key in _BEST_KEYS}
-    _truncate_metrics(workdir / "metrics.jsonl", meta["epoch"])
+    if primary:
+      _truncate_metrics(workdir / "metrics.jsonl", meta["epoch"])
     _log(f"resuming {workdir} after epoch {meta['epoch']} (best so far: epoch "
          f"{_summary_fields(meta)['best_epoch']}, val accuracy "
          f"{_summary_fields(meta)['best_val_accuracy']:.4f})")
   plateaus = [optim.PlateauState(*p) for p in meta["plateau"]]
-  # Parameters and optimizer state are replicated; XLA all-reduces the gradients.
-  state, best_vars = jax.device_put((state, best_vars), everywhere)
-  provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
+  if primary:
+    provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
 
   images, targets = jax.device_put((split.images, data.one_hot(split.labels)), everywhere)
   compile_start = time.time()
@@ -285,7 +298,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                          out_shardings=(by_batch, everywhere))
   train_idx = jax.device_put(split.train_idx, everywhere)
 
-  writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=meta["epoch"] + 1)
+  writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=meta["epoch"] + 1) \
+      if primary else _NoWriter()
   if meta["epoch"] == 0:
     writer.add_text("config", "```\n" + cfg.to_json(indent=2) + "\n```", 0)
   _log(f"{parallel.describe(mesh)}; {members} member{'s' if members > 1 else ''}; {n_train} train / "
@@ -294,47 +308,47 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
        f"train step compiled in {time.time() - compile_start:.1f}s")
 
   run_start, first_epoch = time.time(), meta["epoch"]
-  try:
-    for epoch in range(meta["epoch"] + 1, cfg.num_epochs + 1):
-      if optim.is_per_epoch(cfg):
-        lrs = np.array([optim.epoch_lr(cfg, epoch - 1, p) for p in plateaus], np.float32)
-        state = state.replace(opt_state=optim.set_lr(state.opt_state, lrs))
-      member_keys = jax.random.split(jax.random.fold_in(train_key, epoch), members)
-      batch_idx, keys = make_batches(member_keys, train_idx)
-      state, train_metrics, seconds = _run_epoch(state, compiled, batch_idx, keys, k, epoch,
-                                                 cfg.num_epochs, workdir, by_batch)
-      val = evaluate(variables(state))
-      lr_used = np.asarray(jax.device_get(state.opt_state.hyperparams["learning_rate"]))
-      plateaus = [optim.plateau_update(
-          p, float(acc), factor=cfg.schedule.factor, patience=cfg.schedule.patience,
-          min_lr=cfg.schedule.min_lr, min_delta=cfg.schedule.min_delta,
-          cooldown=cfg.schedule.cooldown) for p, acc in zip(plateaus, val["accuracy"])]
-      improved = is_better(val["accuracy"], val["loss"], np.array(meta["member_best_val_accuracy"]),
-                           np.array(meta["member_best_val_loss"]))
-      meta = {"epoch": epoch, "plateau": [list(p) for p in plateaus],
-              "member_best_epoch": [epoch if i else e
-                                    for i, e in zip(improved, meta["member_best_epoch"])],
-              "member_best_val_accuracy": np.where(
-                  improved, val["accuracy"], meta["member_best_val_accuracy"]).tolist(),
-              "member_best_val_loss": np.where(
-                  improved, val["loss"], meta["member_best_val_loss"]).tolist(),
-              "norm": [split.shift, split.scale]}
-      if improved.any():
-        best_vars = _keep_best(best_vars, variables(state), improved)
-      record = {"epoch": epoch, "train_loss": train_metrics["loss"],
-                "train_accuracy": train_metrics["accuracy"],
-                "val_loss": float(np.mean(val["loss"])),
-                "val_accuracy": float(np.mean(val["accuracy"])), "lr": float(lr_used.mean()),
-                "epoch_time_s": seconds,
-                "images_per_s": members * steps_per_epoch * cfg.batch_size / seconds,
-                **_summary_fields(meta)}
-      if members > 1:
-        record |= {"val_accuracy_members": val["accuracy"].tolist(),
-                   "lr_members": lr_used.tolist()}
-        if "ensemble_accuracy" in val:
-          record["val_accuracy_ensemble"] = val["ensemble_accuracy"]
-      # Ctrl-C waits for the epoch's logs and checkpoints, so the two always agree.
-      with checkpoint.uninterrupted():
+  # Ctrl-C stops at the next safe point: after a jitted call, or after the epoch's saves.
+  with interrupts.StopRequest() as stop:
+    try:
+      for epoch in range(meta["epoch"] + 1, cfg.num_epochs + 1):
+        if optim.is_per_epoch(cfg):
+          lrs = np.array([optim.epoch_lr(cfg, epoch - 1, p) for p in plateaus], np.float32)
+          state = state.replace(opt_state=optim.set_lr(state.opt_state, lrs))
+        member_keys = jax.random.split(jax.random.fold_in(train_key, epoch), members)
+        batch_idx, keys = make_batches(member_keys, train_idx)
+        state, train_metrics, seconds = _run_epoch(state, compiled, batch_idx, keys, k, epoch,
+                                                   cfg.num_epochs, workdir, by_batch, stop)
+        val = evaluate(variables(state))
+        lr_used = np.asarray(jax.device_get(state.opt_state.hyperparams["learning_rate"]))
+        plateaus = [optim.plateau_update(
+            p, float(acc), factor=cfg.schedule.factor, patience=cfg.schedule.patience,
+            min_lr=cfg.schedule.min_lr, min_delta=cfg.schedule.min_delta,
+            cooldown=cfg.schedule.cooldown) for p, acc in zip(plateaus, val["accuracy"])]
+        improved = is_better(val["accuracy"], val["loss"], np.array(meta["member_best_val_accuracy"]),
+                             np.array(meta["member_best_val_loss"]))
+        meta = {"epoch": epoch, "plateau": [list(p) for p in plateaus],
+                "member_best_epoch": [epoch if i else e
+                                      for i, e in zip(improved, meta["member_best_epoch"])],
+                "member_best_val_accuracy": np.where(
+                    improved, val["accuracy"], meta["member_best_val_accuracy"]).tolist(),
+                "member_best_val_loss": np.where(
+                    improved, val["loss"], meta["member_best_val_loss"]).tolist(),
+                "norm": [split.shift, split.scale]}
+        if improved.any():
+          best_vars = _keep_best(best_vars, variables(state), improved)
+        record = {"epoch": epoch, "train_loss": train_metrics["loss"],
+                  "train_accuracy": train_metrics["accuracy"],
+                  "val_loss": float(np.mean(val["loss"])),
+                  "val_accuracy": float(np.mean(val["accuracy"])), "lr": float(lr_used.mean()),
+                  "epoch_time_s": seconds,
+                  "images_per_s": members * steps_per_epoch * cfg.batch_size / seconds,
+                  **_summary_fields(meta)}
+        if members > 1:
+          record |= {"val_accuracy_members": val["accuracy"].tolist(),
+                     "lr_members": lr_used.tolist()}
+          if "ensemble_accuracy" in val:
+            record["val_accuracy_ensemble"] = val["ensemble_accuracy"]
         _write_epoch(writer, workdir, record)
         if improved.any():
           ckpts.save("best", epoch, best_vars, meta)
@@ -342,16 +356,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
           # repeats this epoch, which rewrites the same best checkpoint.
           ckpts.wait()
         ckpts.save("latest", epoch, _ckpt_tree(state), meta)
-      eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
-      _log(f"epoch {epoch}/{cfg.num_epochs}: loss {record['train_loss']:.4f} acc "
-           f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
-           f"{record['val_accuracy']:.4f}"
-           + (f" ensemble {record['val_accuracy_ensemble']:.4f}"
-              if "val_accuracy_ensemble" in record else "")
-           + f"{' (best)' if improved.all() else ''} | lr {record['lr']:.2e} | {seconds:.1f}s, "
-           f"{record['images_per_s']:.0f} img/s | ETA {eta / 60:.1f} min")
-  finally:
-    with checkpoint.uninterrupted():
+        eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
+        _log(f"epoch {epoch}/{cfg.num_epochs}: loss {record['train_loss']:.4f} acc "
+             f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
+             f"{record['val_accuracy']:.4f}"
+             + (f" ensemble {record['val_accuracy_ensemble']:.4f}"
+                if "val_accuracy_ensemble" in record else "")
+             + f"{' (best)' if improved.all() else ''} | lr {record['lr']:.2e} | {seconds:.1f}s, "
+             f"{record['images_per_s']:.0f} img/s | ETA {eta / 60:.1f} min")
+        stop.check()
+    finally:
       ckpts.wait()
       ckpts.close()
   summary = _summary_fields(meta) | {"epochs": meta["epoch"], "workdir": str(workdir)}
@@ -370,11 +384,12 @@ def _ckpt_tree(state: steps.TrainState) -> dict:
           "opt_state": state.opt_state}
 
 
-def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir, by_batch):
+def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir, by_batch, stop):
   """Runs one epoch of fused calls; metrics are read one call behind so dispatch stays async."""
   steps_per_epoch = batch_idx.shape[1]
   bar = tqdm.tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{num_epochs}", unit="step",
-                  leave=False, file=sys.stderr, disable=None, dynamic_ncols=True)
+                  leave=False, file=sys.stderr,
+                  disable=None if distributed.is_primary() else True, dynamic_ncols=True)
   totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
   pending = None
   start = time.time()
@@ -398,6 +413,7 @@ def _run_epoch(state, compiled, batch_idx, keys, k, epoch, num_epochs, workdir, 
     if pending is not None:
       consume(*pending)
     pending = (metrics, done, size)
+    stop.check()
   consume(*pending)
   seconds = time.time() - start
   bar.close()
@@ -419,6 +435,8 @@ def _write_epoch(writer: SummaryWriter, workdir: pathlib.Path, record: dict) -> 
     writer.add_scalar(f"members/{m}/val_accuracy", acc, epoch)
     writer.add_scalar(f"members/{m}/learning_rate", record["lr_members"][m], epoch)
   writer.flush()
+  if not distributed.is_primary():
+    return
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")
 

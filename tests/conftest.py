@@ -47,6 +47,18 @@ def write_kaggle_dir(path: pathlib.Path, n_train: int = 400, n_test: int = 100,
   return path
 
 
+# Plain SGD without dropout or augmentation: a smooth update, so parameters after a few steps on
+# several devices or processes differ from 1 device only by float summation order (RMSprop's g/sqrt(v) near v = 0
+# amplifies that noise into sign flips, which would hide a real difference).
+SMOOTH = ["--config.optimizer.name=sgd", "--config.optimizer.lr=0.05",
+          "--config.schedule.name=constant", "--config.augment.rotation=0",
+          "--config.augment.zoom=0", "--config.augment.shift=0",
+          "--config.model.kwargs.dropout_conv=0", "--config.model.kwargs.dropout_dense=0",
+          "--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=32",
+          "--config.num_epochs=1", "--config.batch_size=32", "--config.data.subset=0",
+          "--config.data.val_fraction=0.1"]
+
+
 def tiny_config(**overrides):
   """A small, fast config (narrow classic CNN, 2 epochs) with dotted-key overrides."""
   from dr_jax import config

@@ -9,19 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import SMOOTH
 from dr_jax import checkpoint
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
-# Plain SGD without dropout or augmentation: a smooth update, so parameters after a few steps on
-# 4 devices differ from 1 device only by float summation order (RMSprop's g/sqrt(v) near v = 0
-# amplifies that noise into sign flips, which would hide a real difference).
-_SMOOTH = ["--config.optimizer.name=sgd", "--config.optimizer.lr=0.05",
-           "--config.schedule.name=constant", "--config.augment.rotation=0",
-           "--config.augment.zoom=0", "--config.augment.shift=0",
-           "--config.model.kwargs.dropout_conv=0", "--config.model.kwargs.dropout_dense=0",
-           "--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=32",
-           "--config.num_epochs=1", "--config.batch_size=32", "--config.data.subset=0",
-           "--config.data.val_fraction=0.1"]
 
 
 def _env(cli_env, devices):
@@ -30,7 +21,7 @@ def _env(cli_env, devices):
 
 def _train(workdir, data_dir, cli_env, devices, *extra):
   cmd = [sys.executable, "-m", "dr_jax", "train", "--config", str(EXPERIMENTS / "tiny.py"),
-         "--workdir", str(workdir), "--data-dir", str(data_dir), *_SMOOTH, *extra]
+         "--workdir", str(workdir), "--data-dir", str(data_dir), *SMOOTH, *extra]
   return subprocess.run(cmd, env=_env(cli_env, devices), capture_output=True, text=True,
                         timeout=300)
 

@@ -93,7 +93,8 @@ def test_batched_logits_match_direct_apply_and_skip_augmentation():
   variables = {"params": state.params}
   pre = steps.Preprocess(shift=0.0, scale=255.0)
   direct = state.apply_fn(variables, data.normalize(images, 0.0, 255.0), train=False)
-  batched = steps.batched_logits(state.apply_fn, variables, images, pre, 16)
+  stacked = images.reshape((-1, 16, *images.shape[1:]))
+  batched = steps.batched_logits(state.apply_fn, variables, stacked, pre)
   np.testing.assert_allclose(batched, direct, rtol=1e-5, atol=1e-5)
 
 

@@ -130,9 +130,15 @@ _CLI_OVERRIDES = ["--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs
                   "--config.train.steps_per_call=2"]
 
 
+# `python -m dr_jax` with Python's Ctrl-C handler even if this process ignores SIGINT (children
+# inherit that, as background jobs do); `preexec_fn` would fork a multithreaded JAX process.
+_MAIN_WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "runpy.run_module('dr_jax', run_name='__main__')")
+
+
 def _start(workdir, data_dir, cli_env, epochs):
   """Starts `dr-jax train` in a subprocess on the tiny config."""
-  cmd = [sys.executable, "-m", "dr_jax", "train", "--config", str(EXPERIMENTS / "tiny.py"),
+  cmd = [sys.executable, "-c", _MAIN_WITH_CTRL_C, "train", "--config", str(EXPERIMENTS / "tiny.py"),
          "--workdir", str(workdir), "--data-dir", str(data_dir),
          f"--config.num_epochs={epochs}", *_CLI_OVERRIDES]
   return subprocess.Popen(cmd, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

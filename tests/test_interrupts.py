@@ -1,0 +1,57 @@
+"""Tests of dr_jax.interrupts: Ctrl-C becomes a flag that the trainer checks at safe points."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from dr_jax import interrupts
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+  """Python's own SIGINT handler (a test runner may have replaced it)."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_is_held_until_check():
+  ran = []
+  with interrupts.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    ran.append("the code after the signal ran")
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):
+      stop.check()
+  assert ran == ["the code after the signal ran"]
+
+
+def test_check_without_ctrl_c_does_nothing_and_the_handler_comes_back():
+  with interrupts.StopRequest() as stop:
+    stop.check()
+  assert not stop.requested
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_sigint_stays_ignored():
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  with interrupts.StopRequest() as stop:
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  assert not stop.requested
+  assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_off_the_main_thread_nothing_is_installed():
+  seen = []
+
+  def body():
+    with interrupts.StopRequest() as stop:
+      seen.append(signal.getsignal(signal.SIGINT))
+      stop.check()
+
+  t = threading.Thread(target=body)
+  t.start()
+  t.join()
+  assert seen == [signal.default_int_handler]
