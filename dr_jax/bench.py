@@ -75,7 +75,7 @@ def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
   members = cfg.ensemble.size
   one = jax.jit(train.member_map(
       lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre), members,
-      (0, 0, 0)))
+      (0, 0, 0), cfg.ensemble.vectorize))
   lowered = one.lower(state, jnp.zeros((members, 1, batch), jnp.int32),
                       jax.random.split(jax.random.key(0), (members, 1)))
   cost = lowered.compile().cost_analysis()
@@ -89,7 +89,7 @@ def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[s
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
   predictor = predict.Predictor(model.apply, train.variables(state),
                                 train.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
-                                epoch=0, val_accuracy=0.0)
+                                epoch=0, val_accuracy=0.0, vectorize=cfg.ensemble.vectorize)
   images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   predictor.probabilities(images)  # Compile.
   times = _time(lambda: predictor.probabilities(images), repeats)

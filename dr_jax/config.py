@@ -67,6 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.ensemble = ml_collections.ConfigDict()
   c.ensemble.size = 1
   c.ensemble.own_split = False  # Each member its own validation split (seed + member).
+  c.ensemble.vectorize = "auto"  # vmap | loop (unrolled in the program) | auto: loop on CPU.
 
   # Training loop
   c.train = ml_collections.ConfigDict()
@@ -168,6 +169,9 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
   return flat
 
 
+VECTORIZE = ("auto", "vmap", "loop")  # How ensemble members share a program; train.loops_members.
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """Validates keys and values that no type check catches, before any work starts."""
   # model.kwargs belong to the chosen model, which checks them when it is built.
@@ -184,3 +188,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise UserError("config augment.shift and augment.zoom must lie in [0, 1)")
   if config.optimizer.lr <= 0:
     raise UserError(f"config optimizer.lr={config.optimizer.lr} must be positive")
+  if config.ensemble.vectorize not in VECTORIZE:
+    raise UserError(f"config ensemble.vectorize={config.ensemble.vectorize!r} is not one of "
+                    f"{', '.join(VECTORIZE)}")

@@ -28,6 +28,7 @@ class Predictor:
   members: int
   epoch: int
   val_accuracy: float
+  vectorize: str = "auto"  # How members are mapped: see train.loops_members.
 
   def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
@@ -42,7 +43,7 @@ class Predictor:
                                                                *images.shape[1:])
     out = _member_logits(self.apply_fn, parallel.put(self.variables, parallel.replicated(mesh)),
                          jax.device_put(stacked, parallel.stacked_batches(mesh)), self.pre,
-                         self.members)
+                         self.members, self.vectorize)
     return multihost_utils.process_allgather(out, tiled=True)[:, :n]
 
   def probabilities(self, images: np.ndarray, tta: int = 1, vote: bool = False,
@@ -65,12 +66,12 @@ class Predictor:
     return total / total.sum(axis=1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "members"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "members", "vectorize"))
 def _member_logits(apply_fn: Callable, variables: dict, stacked: jax.Array, pre: steps.Preprocess,
-                   members: int) -> jax.Array:
+                   members: int, vectorize: str) -> jax.Array:
   """Every member's logits, vmapped over members and batched over images."""
   one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
-  return train.member_map(one, members, (0,))(variables)
+  return train.member_map(one, members, (0,), vectorize)(variables)
 
 
 @jax.jit
@@ -93,7 +94,9 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   shift, scale = meta["norm"]
   return Predictor(model.apply, variables,
                    train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
-                   int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])))
+                   int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])),
+                   # Runs trained before the option existed lack it.
+                   cfg.ensemble.get("vectorize", "auto"))
 
 
 def submission_text(labels: np.ndarray) -> str:

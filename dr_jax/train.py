@@ -24,7 +24,7 @@ from tensorboardX import SummaryWriter
 
 from dr_jax import (augment, checkpoint, data, distributed, interrupts, models, optim, parallel,
                     provenance, steps, xla)
-from dr_jax.config import check, flatten
+from dr_jax.config import VECTORIZE, check, flatten
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
@@ -79,27 +79,41 @@ def build_model(cfg: ml_collections.ConfigDict):
   return models.create_model(cfg.model.name, cfg.model.dtype, **cfg.model.kwargs.to_dict())
 
 
-def member_map(fn: Callable, members: int, in_axes: tuple) -> Callable:
-  """`jax.vmap` over the leading member axis; with one member, a squeeze instead.
+def loops_members(vectorize: str) -> bool:
+  """Whether members run as an unrolled loop in the program instead of `jax.vmap`.
 
-  The squeeze keeps a single model on exactly the program it would have without ensembles
-  (vmapping convolutions turns them into grouped convolutions).
+  `auto` loops on CPU: vmapped convolutions become grouped convolutions, which XLA:CPU runs
+  at about half the single-model rate per member (`dr-jax bench` on an ensemble config shows
+  it); on GPU/TPU vmap is the faster choice.
   """
-  if members > 1:
+  if vectorize not in VECTORIZE:
+    raise UserError(f"ensemble.vectorize={vectorize!r} is not one of {', '.join(VECTORIZE)}")
+  return vectorize == "loop" or (vectorize == "auto" and jax.default_backend() == "cpu")
+
+
+def member_map(fn: Callable, members: int, in_axes: tuple, vectorize: str = "auto") -> Callable:
+  """Maps `fn` over the leading member axis: `jax.vmap`, or an unrolled loop (see above).
+
+  One member always takes the loop, which keeps a single model on exactly the program it
+  would have without ensembles.
+  """
+  if members > 1 and not loops_members(vectorize):
     return jax.vmap(fn, in_axes=in_axes)
 
-  def single(*args):
-    args = [jax.tree.map(lambda x: x[0], a) if axis == 0 else a for a, axis in zip(args, in_axes)]
-    return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*args))
+  def looped(*args):
+    outs = [fn(*[jax.tree.map(lambda x: x[m], a) if axis == 0 else a
+                 for a, axis in zip(args, in_axes)]) for m in range(members)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-  return single
+  return looped
 
 
 def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.TrainState:
   """Independently initialised members, stacked along a leading axis."""
   model = build_model(cfg)
   keys = jax.random.split(key, cfg.ensemble.size)
-  return member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,))(keys)
+  return member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,),
+                    cfg.ensemble.vectorize)(keys)
 
 
 def _epoch_plan(n_train: int, cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -130,7 +144,7 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
   """
   members = cfg.ensemble.size
   step = member_map(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
-                    members, (0, None, None, 0, 0))
+                    members, (0, None, None, 0, 0), cfg.ensemble.vectorize)
   # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
   fn = jax.jit(step, donate_argnums=0,
                compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
@@ -151,7 +165,7 @@ class Evaluator:
   """Jitted evaluation of every member on its own validation rows (one compile per run)."""
 
   def __init__(self, split: Split, images: jax.Array, targets: jax.Array, batch_size: int,
-               pre: steps.Preprocess, apply_fn: Callable, members: int):
+               pre: steps.Preprocess, apply_fn: Callable, members: int, vectorize: str):
     n_val = split.val_idx.shape[1]
     self.batch_size = min(batch_size, n_val)
     size, self.num_batches = steps.batches(n_val, self.batch_size)
@@ -168,7 +182,7 @@ class Evaluator:
       metrics, logits = steps.eval_step(apply_fn, variables, images[idx], targets[idx], mask, pre)
       return metrics, jax.nn.softmax(logits)
 
-    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None)))
+    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None), vectorize))
 
   def __call__(self, variables: dict) -> dict[str, Any]:
     """Per-member loss and accuracy `(members,)`, plus the ensemble's accuracy if shared."""
@@ -292,7 +306,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                                  preprocess(cfg, split.shift, split.scale, train=True),
                                  sizes={k, 1 if n_tail else k})
   evaluate = Evaluator(split, images, targets, cfg.train.eval_batch_size,
-                       preprocess(cfg, split.shift, split.scale, train=False), model.apply, members)
+                       preprocess(cfg, split.shift, split.scale, train=False), model.apply, members,
+                       cfg.ensemble.vectorize)
   make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
                                                                  cfg.batch_size)),
                          out_shardings=(by_batch, everywhere))

@@ -177,7 +177,8 @@ def test_apply_overrides_needs_an_equals_sign():
 @pytest.mark.parametrize("key,value", [
     ("batch_size", 0), ("num_epochs", 0), ("num_epochs", -1), ("train.steps_per_call", 0),
     ("train.eval_batch_size", 0), ("optimizer.lr", 0.0), ("optimizer.lr", -1e-3),
-    ("augment.shift", 1.0), ("augment.shift", -0.1), ("augment.zoom", 1.5)])
+    ("augment.shift", 1.0), ("augment.shift", -0.1), ("augment.zoom", 1.5),
+    ("ensemble.vectorize", "pmap")])
 def test_check_rejects_bad_values(key, value):
   c = config_mod.get_base_config()
   *parents, leaf = key.split(".")

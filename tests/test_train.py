@@ -203,9 +203,10 @@ def test_is_better(acc, loss, best_acc, best_loss, expected):
   assert got.tolist() == [expected]
 
 
-def test_vmapped_ensemble_equals_members_trained_alone():
-  """K=3 members in one vmapped program = each member trained alone with the same keys."""
-  cfg = _cfg(**{"ensemble.size": 3, "batch_size": 8})
+@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+def test_ensemble_equals_members_trained_alone(vectorize):
+  """K=3 members in one program (vmapped or looped) = each member trained alone, same keys."""
+  cfg = _cfg(**{"ensemble.size": 3, "batch_size": 8, "ensemble.vectorize": vectorize})
   tx = optim.make_optimizer(cfg, 10)
   stacked = train.init_state(cfg, tx, jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -226,6 +227,19 @@ def test_vmapped_ensemble_equals_members_trained_alone():
     alone, _ = alone_fn(jax.tree.map(lambda x: x[m:m + 1], stacked), idx[m:m + 1], keys[m:m + 1])
     for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(together.params)):
       np.testing.assert_allclose(a[0], b[m], rtol=1e-4, atol=1e-6)
+
+
+def test_vmap_and_loop_initialise_the_same_members():
+  cfg = _cfg(**{"ensemble.size": 2})
+  init = lambda v: train.init_state(config.apply_overrides(cfg, [f"ensemble.vectorize={v}"]),
+                                    optim.make_optimizer(cfg, 1), jax.random.key(0))
+  for a, b in zip(jax.tree.leaves(init("vmap").params), jax.tree.leaves(init("loop").params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_loops_members_on_cpu_only():
+  assert train.loops_members("auto") == (jax.default_backend() == "cpu")
+  assert train.loops_members("loop") and not train.loops_members("vmap")
 
 
 def test_members_are_initialised_independently():
