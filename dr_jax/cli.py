@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "score":
     from dr_jax import predict
 
-    print(f"accuracy: {predict.score(args.submission, _answers(args)):.4f}")
+    print(f"accuracy: {predict.score(args.submission, _answers(args)):.5f}")
   elif args.command == "summary":
     from dr_jax import models, train
 
@@ -216,7 +216,7 @@ def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:
   print(f"time:        {(time.time() - start) / 60:.1f} min")
   answers = args.data_dir / "test_answers.csv"
   if answers.is_file():
-    print(f"accuracy: {predict.score(out, answers):.4f}")
+    print(f"accuracy: {predict.score(out, answers):.5f}")
 
 
 def main(argv: list[str] | None = None) -> int:

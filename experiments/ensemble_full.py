@@ -5,7 +5,9 @@ augmentation keys and its own 10% validation split; Adam with lr 1e-3 decayed x0
 45 epochs. Meant for a GPU.
 Command: dr-jax train --config experiments/ensemble_full.py --workdir runs/ensemble_full
          dr-jax predict --workdir runs/ensemble_full && dr-jax score runs/ensemble_full/submission.csv
-Expected: see README "Results" for the measured accuracy and time (and on which device).
+Measured (one NVIDIA H200, JAX 0.11.2, embedded data, one run, --config.train.steps_per_call=8):
+local test accuracy 0.9963 (--tta 5: 0.9964; --vote: 0.9962), 241 s wall for training, 39 s of
+it compiling. The 99.75% of the published recipe is not reached on these local answers.
 """
 
 import pathlib

@@ -14,7 +14,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = REPO / "experiments" / "tiny.py"
 QUICK = ("--config.data.subset=300", "--config.num_epochs=2")
-ACCURACY = re.compile(r"accuracy: (0\.\d{4}|1\.0000)")
+ACCURACY = re.compile(r"accuracy: (0\.\d{5}|1\.00000)")
 # Lines JAX, absl or TensorStore may log on their own; they are not the CLI's output.
 LOG_NOISE = re.compile(r"^(WARNING|[IWEF]\d{4} )")
 SENTINEL = "ImageId,Label\n1,7\n"

@@ -73,15 +73,25 @@ def test_reshape_pool_equals_reduce_window_forward_and_gradient(shape):
 
 
 def test_fast_and_plain_models_agree():
-  """Whole-model forward and parameter gradients: reshape pooling vs reduce_window pooling."""
+  """Training forward and parameter gradients: reshape pooling vs reduce_window pooling."""
   fast, plain = models.create_model("classic"), models.create_model("classic", pool="reduce_window")
   v = models.init_variables(fast, jax.random.key(0))
   x = _x(4)
-  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
-  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x) ** 2)
+  # Training mode (the same dropout key): inference pools with reduce_window in both.
+  apply = lambda m, p: m.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(3)})
+  np.testing.assert_allclose(apply(fast, v["params"]), apply(plain, v["params"]), rtol=1e-5,
+                             atol=1e-5)
+  loss = lambda m: lambda p: jnp.sum(apply(m, p) ** 2)
   g1, g2 = jax.grad(loss(fast))(v["params"]), jax.grad(loss(plain))(v["params"])
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_pools_with_reduce_window_whatever_the_training_pool():
+  fast, plain = models.create_model("classic"), models.create_model("classic", pool="reduce_window")
+  v = models.init_variables(fast, jax.random.key(0))
+  hlo = lambda m: jax.jit(lambda x: m.apply(v, x)).lower(_x(2)).as_text()
+  assert "reduce_window" in hlo(fast) and hlo(fast) == hlo(plain)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
