@@ -364,7 +364,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                      "lr_members": lr_used.tolist()}
           if "ensemble_accuracy" in val:
             record["val_accuracy_ensemble"] = val["ensemble_accuracy"]
-        _write_epoch(writer, workdir, record)
+        if primary:
+          _write_epoch(writer, workdir, record)
         if improved.any():
           ckpts.save("best", epoch, best_vars, meta)
           # `latest` must never point past `best`: a kill between the two saves then only
@@ -450,8 +451,6 @@ def _write_epoch(writer: SummaryWriter, workdir: pathlib.Path, record: dict) -> 
     writer.add_scalar(f"members/{m}/val_accuracy", acc, epoch)
     writer.add_scalar(f"members/{m}/learning_rate", record["lr_members"][m], epoch)
   writer.flush()
-  if not distributed.is_primary():
-    return
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from conftest import SMOOTH
 from dr_jax import checkpoint, distributed
@@ -112,17 +113,9 @@ def test_two_processes_train_one_epoch_and_write_one_submission(tmp_path, data_d
   assert runs[1, "submission"] == runs[2, "submission"]
   lines = runs[2, "submission"].splitlines()
   assert lines[0] == "ImageId,Label" and len(lines) == 1 + 20
-  flat = lambda tree: {k: np.asarray(v) for k, v in _leaves(tree)}
+  flat = lambda tree: {k: np.asarray(v) for k, v in flatten_dict(tree, sep="/").items()}
   one, two = flat(runs[1]), flat(runs[2])
   assert one.keys() == two.keys()
   # Same global batches and the same two-device all-reduce: equal up to float summation order.
   for key in one:
     np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
-
-
-def _leaves(tree, prefix=""):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _leaves(value, f"{prefix}{key}/")
-    else:
-      yield prefix + key, value

@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from conftest import SMOOTH
 from dr_jax import checkpoint
@@ -40,21 +41,11 @@ def test_four_devices_train_like_one(tmp_path, data_dir, cli_env):
     assert f"{devices} device{'s' if devices > 1 else ''} (cpu)" in proc.stderr
     with checkpoint.Checkpoints(tmp_path / f"d{devices}", read_only=True) as ckpts:
       runs[devices] = ckpts.restore("latest")[0]["params"]
-  flat1 = {k: np.asarray(v) for k, v in _flatten(runs[1]).items()}
-  flat4 = {k: np.asarray(v) for k, v in _flatten(runs[4]).items()}
+  flat1 = {k: np.asarray(v) for k, v in flatten_dict(runs[1], sep="/").items()}
+  flat4 = {k: np.asarray(v) for k, v in flatten_dict(runs[4], sep="/").items()}
   assert flat1.keys() == flat4.keys()
   for key in flat1:
     np.testing.assert_allclose(flat4[key], flat1[key], rtol=1e-4, atol=1e-5, err_msg=key)
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}/"))
-    else:
-      out[prefix + key] = value
-  return out
 
 
 def test_batch_is_sharded_across_devices(cli_env):
