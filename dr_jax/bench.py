@@ -89,7 +89,8 @@ def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[s
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
   predictor = predict.Predictor(model.apply, train.variables(state),
                                 train.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
-                                epoch=0, val_accuracy=0.0, vectorize=cfg.ensemble.vectorize)
+                                epoch=0, val_accuracy=0.0, vectorize=cfg.ensemble.vectorize,
+                                fast_cpu=cfg.train.fast_cpu)
   images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   predictor.probabilities(images)  # Compile.
   times = _time(lambda: predictor.probabilities(images), repeats)

@@ -73,7 +73,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps_per_call = 4  # Steps fused into one jitted call (fewer dispatches).
   c.train.eval_batch_size = 1000
-  c.train.fast_cpu = True  # XLA:CPU compiler options that train this CNN faster; see xla.py.
+  c.train.fast_cpu = True  # XLA:CPU compiler options that run these CNNs faster; see xla.py.
   return c
 
 

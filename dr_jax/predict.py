@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 
-from dr_jax import augment, checkpoint, data, distributed, parallel, provenance, steps, train
+from dr_jax import (augment, checkpoint, data, distributed, parallel, provenance, steps, train,
+                    xla)
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
@@ -29,6 +30,7 @@ class Predictor:
   epoch: int
   val_accuracy: float
   vectorize: str = "auto"  # How members are mapped: see train.loops_members.
+  fast_cpu: bool = True  # XLA:CPU compiler options, as in training: see xla.py.
 
   def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
@@ -41,9 +43,10 @@ class Predictor:
     mesh = parallel.data_mesh(batch_size)
     stacked = steps.pad_rows(np.asarray(images), size).reshape(count, batch_size,
                                                                *images.shape[1:])
-    out = _member_logits(self.apply_fn, parallel.put(self.variables, parallel.replicated(mesh)),
-                         jax.device_put(stacked, parallel.stacked_batches(mesh)), self.pre,
-                         self.members, self.vectorize)
+    out = _member_logits(self.fast_cpu)(
+        self.apply_fn, parallel.put(self.variables, parallel.replicated(mesh)),
+        jax.device_put(stacked, parallel.stacked_batches(mesh)), self.pre, self.members,
+        self.vectorize)
     return multihost_utils.process_allgather(out, tiled=True)[:, :n]
 
   def probabilities(self, images: np.ndarray, tta: int = 1, vote: bool = False,
@@ -66,12 +69,18 @@ class Predictor:
     return total / total.sum(axis=1, keepdims=True)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "pre", "members", "vectorize"))
-def _member_logits(apply_fn: Callable, variables: dict, stacked: jax.Array, pre: steps.Preprocess,
-                   members: int, vectorize: str) -> jax.Array:
-  """Every member's logits, vmapped over members and batched over images."""
-  one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
-  return train.member_map(one, members, (0,), vectorize)(variables)
+@functools.cache
+def _member_logits(fast_cpu: bool) -> Callable:
+  """The jitted predict program, compiled with the fast-path options or XLA's defaults."""
+
+  def member_logits(apply_fn: Callable, variables: dict, stacked: jax.Array,
+                    pre: steps.Preprocess, members: int, vectorize: str) -> jax.Array:
+    """Every member's logits, mapped over members and batched over images."""
+    one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
+    return train.member_map(one, members, (0,), vectorize)(variables)
+
+  return jax.jit(member_logits, static_argnames=("apply_fn", "pre", "members", "vectorize"),
+                 compiler_options=xla.compiler_options(fast_cpu))
 
 
 @jax.jit
@@ -95,8 +104,8 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   return Predictor(model.apply, variables,
                    train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
                    int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])),
-                   # Runs trained before the option existed lack it.
-                   cfg.ensemble.get("vectorize", "auto"))
+                   # Runs trained before these options existed lack them.
+                   cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True))
 
 
 def submission_text(labels: np.ndarray) -> str:

@@ -147,7 +147,7 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
                     members, (0, None, None, 0, 0), cfg.ensemble.vectorize)
   # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
   fn = jax.jit(step, donate_argnums=0,
-               compiler_options=xla.train_compiler_options(cfg.train.fast_cpu))
+               compiler_options=xla.compiler_options(cfg.train.fast_cpu))
   keys = jax.random.split(jax.random.key(0), (members, max(sizes)))
   # From host memory: device_put cannot spread a local jax.Array over other processes' devices.
   idx = lambda size: jax.device_put(np.zeros((members, size, cfg.batch_size), np.int32),
@@ -165,7 +165,8 @@ class Evaluator:
   """Jitted evaluation of every member on its own validation rows (one compile per run)."""
 
   def __init__(self, split: Split, images: jax.Array, targets: jax.Array, batch_size: int,
-               pre: steps.Preprocess, apply_fn: Callable, members: int, vectorize: str):
+               pre: steps.Preprocess, apply_fn: Callable, members: int, vectorize: str,
+               fast_cpu: bool):
     n_val = split.val_idx.shape[1]
     self.batch_size = min(batch_size, n_val)
     size, self.num_batches = steps.batches(n_val, self.batch_size)
@@ -182,7 +183,8 @@ class Evaluator:
       metrics, logits = steps.eval_step(apply_fn, variables, images[idx], targets[idx], mask, pre)
       return metrics, jax.nn.softmax(logits)
 
-    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None), vectorize))
+    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None), vectorize),
+                         compiler_options=xla.compiler_options(fast_cpu))
 
   def __call__(self, variables: dict) -> dict[str, Any]:
     """Per-member loss and accuracy `(members,)`, plus the ensemble's accuracy if shared."""
@@ -307,7 +309,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                                  sizes={k, 1 if n_tail else k})
   evaluate = Evaluator(split, images, targets, cfg.train.eval_batch_size,
                        preprocess(cfg, split.shift, split.scale, train=False), model.apply, members,
-                       cfg.ensemble.vectorize)
+                       cfg.ensemble.vectorize, cfg.train.fast_cpu)
   make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
                                                                  cfg.batch_size)),
                          out_shardings=(by_batch, everywhere))

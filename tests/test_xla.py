@@ -1,25 +1,34 @@
 """The XLA:CPU fast path must compute what the plain compiler does (forward and gradients)."""
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import config, data, optim, steps, train, xla
+from dr_jax import config, data, optim, predict, steps, train, xla
 
 
 def test_fast_options_only_on_cpu_and_only_when_enabled():
-  assert xla.train_compiler_options(False) is None
+  assert xla.compiler_options(False) is None
   expected = xla.FAST_CPU_OPTIONS if jax.default_backend() == "cpu" else None
-  assert xla.train_compiler_options(True) == expected
+  assert xla.compiler_options(True) == expected
+
+
+def _config(model_name: str):
+  cfg = config.get_base_config()
+  if model_name == "strided":
+    cfg = config.load_config(pathlib.Path(__file__).parents[1] / "experiments" / "strided.py")
+  return cfg
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
-def test_fast_cpu_step_equals_plain_step():
+@pytest.mark.parametrize("model_name", ["classic", "strided"])
+def test_fast_cpu_step_equals_plain_step(model_name):
   """Loss, logits' gradients and updated parameters agree within float32 reassociation."""
-  cfg = config.get_base_config()
+  cfg = _config(model_name)
   model = train.build_model(cfg)
   state = steps.create_state(model, optim.make_optimizer(cfg, 10), jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -34,9 +43,30 @@ def test_fast_cpu_step_equals_plain_step():
   assert float(m_fast["loss"]) == pytest.approx(float(m_plain["loss"]), rel=1e-5)
   for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(plain.params)):
     # RMSprop's first step is lr * g / sqrt(0.1 g^2 + eps): compare the updates, scaled by lr.
-    np.testing.assert_allclose(a, b, atol=cfg.optimizer.lr * 1e-2)
+    # Batch-norm's backward sums nearly cancel, so a few near-zero gradients differ by ~0.1%.
+    np.testing.assert_allclose(a, b, atol=cfg.optimizer.lr * 3e-2)
+  variables = train.variables(state)
   grad = lambda options: jax.jit(jax.grad(
-      lambda p: jnp.sum(model.apply({"params": p}, images / 255.0) ** 2)),
+      lambda p: jnp.sum(model.apply({**variables, "params": p}, images / 255.0) ** 2)),
       compiler_options=options)(state.params)
   for a, b in zip(jax.tree.leaves(grad(xla.FAST_CPU_OPTIONS)), jax.tree.leaves(grad(None))):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # Weight gradients are float32 sums of thousands of terms (batch × positions); the two
+    # compiles order them differently, which moves the strided model's first layers by up to
+    # ~5e-4 of the leaf's scale (against float64, XLA's default compile was the closer one).
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(np.abs(b).max()))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
+@pytest.mark.parametrize("model_name", ["classic", "strided"])
+def test_fast_cpu_predict_equals_plain_predict(model_name):
+  """The predict program compiled with the fast options gives the plain compile's probabilities."""
+  cfg = _config(model_name)
+  state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
+  images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
+  probs = {}
+  for fast in (False, True):
+    predictor = predict.Predictor(train.build_model(cfg).apply, train.variables(state),
+                                  train.preprocess(cfg, 0.0, 255.0, train=False), 1, epoch=0,
+                                  val_accuracy=0.0, fast_cpu=fast)
+    probs[fast] = predictor.probabilities(images, batch_size=20)
+  np.testing.assert_allclose(probs[True], probs[False], rtol=1e-5, atol=1e-6)
