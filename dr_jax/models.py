@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dr_jax.errors import UserError
 
@@ -28,6 +29,44 @@ def max_pool_2x2(x: jax.Array, method: str = "reshape") -> jax.Array:
   # XLA:CPU's backward of reduce_window (select-and-scatter) is slow; a plain max over
   # reshaped axes gives the same forward and a cheap gradient.
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                        padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
+                        rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                        precision=None) -> jax.Array:
+  """`lax.conv_general_dilated`, with stride-2 NHWC/HWIO convolutions done as stride-1 ones.
+
+  The input's 2×2 blocks become channels and the k×k kernel a ⌈k/2⌉×⌈k/2⌉ one over them (zero
+  taps where k is odd): the same sums, but XLA:CPU runs the gradient of a stride-1
+  convolution much faster than that of a strided one. Anything else goes to lax unchanged.
+  """
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if (tuple(window_strides) != (2, 2) or feature_group_count != 1 or lhs.ndim != 4
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != nhwc
+      or any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision)
+  spatial = lhs.shape[1:3]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(spatial, rhs.shape[:2], window_strides, padding)
+  n, c, out_c = lhs.shape[0], lhs.shape[3], rhs.shape[3]
+  taps = [-(-k // 2) for k in rhs.shape[:2]]  # Kernel size over 2×2 blocks.
+  out = [(size + lo + hi - k) // 2 + 1 for size, (lo, hi), k in zip(spatial, padding, rhs.shape)]
+  blocks = [o + t - 1 for o, t in zip(out, taps)]
+  # Pad (or crop) each spatial axis to exactly the 2 × blocks rows/columns the output reads.
+  x = jnp.pad(lhs, ((0, 0), *[(lo, max(0, 2 * b - size - lo))
+                              for size, (lo, _), b in zip(spatial, padding, blocks)], (0, 0)))
+  x = x[:, : 2 * blocks[0], : 2 * blocks[1]]
+  x = x.reshape(n, blocks[0], 2, blocks[1], 2, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(n, blocks[0], blocks[1], 4 * c)
+  w = jnp.pad(rhs, ((0, 2 * taps[0] - rhs.shape[0]), (0, 2 * taps[1] - rhs.shape[1]), (0, 0),
+                    (0, 0)))
+  w = w.reshape(taps[0], 2, taps[1], 2, c, out_c).transpose(0, 2, 1, 3, 4, 5)
+  w = w.reshape(taps[0], taps[1], 4 * c, out_c)
+  return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=nhwc,
+                                  precision=precision)
 
 
 class ClassicCNN(nn.Module):
@@ -66,15 +105,20 @@ class StridedCNN(nn.Module):
 
   widths: tuple[int, int, int] = (32, 64, 128)
   dropout: float = 0.4
+  space_to_depth: bool = True  # In training, stride-2 convs as stride-1 ones: see below.
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
+    # The reformulation's gradient is the faster one on XLA:CPU (training 1,700 vs 1,300
+    # images/s); its forward is the slower one (predict 7,000 vs 9,100), so inference keeps lax's.
+    conv_fn = space_to_depth_conv if self.space_to_depth and train else None
 
     def conv_bn(x: jax.Array, width: int, kernel: int, stride: int = 1,
                 padding: str = "VALID") -> jax.Array:
-      x = nn.Conv(width, (kernel, kernel), strides=stride, padding=padding, dtype=self.dtype)(x)
+      x = nn.Conv(width, (kernel, kernel), strides=stride, padding=padding, dtype=self.dtype,
+                  conv_general_dilated=conv_fn)(x)
       return nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(
           nn.relu(x))
 

@@ -14,7 +14,8 @@ def get_config():
   c.num_epochs = 20
   c.batch_size = 64
   c.model.name = "strided"
-  c.model.kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128), "dropout": 0.4})
+  c.model.kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128), "dropout": 0.4,
+                                             "space_to_depth": True})
   c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
   c.schedule.name = "exponential"

@@ -4,6 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from jax import lax
 
 from dr_jax import models
 from dr_jax.errors import UserError
@@ -116,3 +119,52 @@ def test_bad_model_options_are_user_errors(kwargs):
   with pytest.raises(UserError):
     model = models.create_model(**kwargs)
     models.init_variables(model, jax.random.key(0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(5, 16), kernel=st.integers(1, 6), channels=st.integers(1, 4),
+       padding=st.sampled_from(["SAME", "VALID", ((1, 2), (2, 1)), ((0, 0), (3, 0))]))
+def test_space_to_depth_conv_equals_strided_conv(size, kernel, channels, padding):
+  """Stride-2 convolution as a stride-1 one over 2×2 blocks: same outputs and gradients."""
+  assume(padding != "VALID" or size >= kernel)
+  keys = jax.random.split(jax.random.key(size * 100 + kernel), 3)
+  x = jax.random.normal(keys[0], (2, size, size + 1, channels))
+  w = jax.random.normal(keys[1], (kernel, kernel, channels, 3))
+  args = ((2, 2), padding)
+  dn = ("NHWC", "HWIO", "NHWC")
+  plain = lambda x, w: lax.conv_general_dilated(x, w, *args, dimension_numbers=dn)
+  fast = lambda x, w: models.space_to_depth_conv(x, w, *args, dimension_numbers=dn)
+  np.testing.assert_allclose(fast(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(keys[2], plain(x, w).shape)
+  vjp = lambda f: jax.vjp(f, x, w)[1](g)
+  for a, b in zip(vjp(fast), vjp(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_space_to_depth_conv_leaves_other_convolutions_to_lax():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  dn = ("NHWC", "HWIO", "NHWC")
+  for strides in ((1, 1), (3, 3), (2, 1)):
+    np.testing.assert_array_equal(
+        models.space_to_depth_conv(x, w, strides, "SAME", dimension_numbers=dn),
+        lax.conv_general_dilated(x, w, strides, "SAME", dimension_numbers=dn))
+
+
+def test_strided_model_is_the_same_function_with_either_convolution():
+  """Training (where space_to_depth applies) gives the same logits and gradients."""
+  fast = models.create_model("strided")
+  plain = models.create_model("strided", space_to_depth=False)
+  v = models.init_variables(fast, jax.random.key(0))
+  assert jax.tree.structure(v) == jax.tree.structure(models.init_variables(plain, jax.random.key(0)))
+
+  def logits(m, p):
+    return m.apply({**v, "params": p}, _x(), train=True, rngs={"dropout": jax.random.key(1)},
+                   mutable=["batch_stats"])[0]
+
+  loss = lambda m: lambda p: jnp.sum(logits(m, p) ** 2)
+  np.testing.assert_allclose(logits(fast, v["params"]), logits(plain, v["params"]), rtol=1e-5,
+                             atol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(fast))(v["params"])),
+                  jax.tree.leaves(jax.grad(loss(plain))(v["params"]))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
