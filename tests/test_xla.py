@@ -18,10 +18,9 @@ def test_fast_options_only_on_cpu_and_only_when_enabled():
 
 
 def _config(model_name: str):
-  cfg = config.get_base_config()
   if model_name == "strided":
-    cfg = config.load_config(pathlib.Path(__file__).parents[1] / "experiments" / "strided.py")
-  return cfg
+    return config.load_config(pathlib.Path(__file__).parents[1] / "experiments" / "strided.py")
+  return config.get_base_config()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the options are XLA:CPU's")
@@ -29,6 +28,7 @@ def _config(model_name: str):
 def test_fast_cpu_step_equals_plain_step(model_name):
   """Loss, logits' gradients and updated parameters agree within float32 reassociation."""
   cfg = _config(model_name)
+  cfg.optimizer.name = "sgd"
   model = train.build_model(cfg)
   state = steps.create_state(model, optim.make_optimizer(cfg, 10), jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -42,9 +42,9 @@ def test_fast_cpu_step_equals_plain_step(model_name):
   (plain, m_plain), (fast, m_fast) = outs["plain"], outs["fast"]
   assert float(m_fast["loss"]) == pytest.approx(float(m_plain["loss"]), rel=1e-5)
   for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(plain.params)):
-    # RMSprop's first step is lr * g / sqrt(0.1 g^2 + eps): compare the updates, scaled by lr.
-    # Batch-norm's backward sums nearly cancel, so a few near-zero gradients differ by ~0.1%.
-    np.testing.assert_allclose(a, b, atol=cfg.optimizer.lr * 3e-2)
+    # SGD's update is lr × gradient (Adam's or RMSprop's first step would blow near-zero
+    # gradients' float32 noise up to ±lr): the gradients' tolerance below, times lr.
+    np.testing.assert_allclose(a, b, atol=cfg.optimizer.lr * 1e-3)
   variables = train.variables(state)
   grad = lambda options: jax.jit(jax.grad(
       lambda p: jnp.sum(model.apply({**variables, "params": p}, images / 255.0) ** 2)),

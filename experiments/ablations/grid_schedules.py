@@ -1,4 +1,4 @@
-"""Grid: each learning-rate schedule on experiments/default.py, one results row per schedule.
+"""Grid: each learning-rate schedule on experiments/classic.py, one results row per schedule.
 
 Command: dr-jax sweep experiments/ablations/grid_schedules.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above.
@@ -15,7 +15,7 @@ SCHEDULES = ("onecycle", "plateau", "constant", "cosine", "exponential")
 def get_grid():
   grid = []
   for name in SCHEDULES:
-    c = load_config(pathlib.Path(__file__).resolve().parents[1] / "default.py")
+    c = load_config(pathlib.Path(__file__).resolve().parents[1] / "classic.py")
     c.schedule.name = name
     grid.append((name, c))
   return grid

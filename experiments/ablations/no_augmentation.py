@@ -1,8 +1,8 @@
-"""Ablation of experiments/default.py: no data augmentation (rotation, zoom and shift off).
+"""Ablation of experiments/classic.py: no data augmentation (rotation, zoom and shift off).
 
 Command: dr-jax sweep experiments/ablations/no_augmentation.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above next
-to `dr-jax sweep experiments/default.py --seeds 3`.
+to `dr-jax sweep experiments/classic.py --seeds 3`.
 """
 
 import pathlib
@@ -11,7 +11,7 @@ from dr_jax.config import load_config
 
 
 def get_config():
-  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "default.py")
+  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "classic.py")
   c.augment.rotation = 0.0
   c.augment.zoom = 0.0
   c.augment.shift = 0.0

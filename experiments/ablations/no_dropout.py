@@ -1,8 +1,8 @@
-"""Ablation of experiments/default.py: no dropout after the conv blocks or the dense layer.
+"""Ablation of experiments/classic.py: no dropout after the conv blocks or the dense layer.
 
 Command: dr-jax sweep experiments/ablations/no_dropout.py --seeds 3
 Results: accuracy and time are in README's Ablations table, measured with the command above next
-to `dr-jax sweep experiments/default.py --seeds 3`.
+to `dr-jax sweep experiments/classic.py --seeds 3`.
 """
 
 import pathlib
@@ -11,7 +11,7 @@ from dr_jax.config import load_config
 
 
 def get_config():
-  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "default.py")
+  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "classic.py")
   c.model.kwargs.dropout_conv = 0.0
   c.model.kwargs.dropout_dense = 0.0
   return c
