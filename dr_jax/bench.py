@@ -125,9 +125,12 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
   return result
 
 
-def torch_rates(python: str, script: pathlib.Path, batch: int, num_steps: int, repeats: int,
-                predict_n: int) -> dict[str, float]:
-  """Runs the PyTorch reference script with `python` in a subprocess; its figures as `torch_*`."""
+def torch_rates(python: str, script: pathlib.Path, model: str, batch: int, num_steps: int,
+                repeats: int, predict_n: int) -> dict[str, float]:
+  """Runs the PyTorch reference script with `python` in a subprocess; its figures as `torch_*`.
+
+  The script builds the same model (`--model`, the config's) and optimizer as dr_jax's.
+  """
   if not script.is_file():
     raise UserError(f"{script} not found; run from the dr_jax checkout")
   # torch lives in its own environment if you like: with it installed, tensorboardX imports it
@@ -136,7 +139,7 @@ def torch_rates(python: str, script: pathlib.Path, batch: int, num_steps: int, r
   if check.returncode:
     raise UserError(f"--vs-torch: {python} cannot import torch; pip install torch there, or pass "
                     "--vs-torch PATH/TO/python of an environment that has it")
-  proc = subprocess.run([python, str(script), "--batch", str(batch), "--steps",
+  proc = subprocess.run([python, str(script), "--model", model, "--batch", str(batch), "--steps",
                          str(num_steps), "--repeats", str(repeats), "--predict-images",
                          str(predict_n)], capture_output=True, text=True)
   if proc.returncode:
@@ -153,8 +156,8 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
   result = run(cfg, batch, steps, repeats, predict_n)
   if vs_torch is not None:
     # Measured in the same invocation, one after the other, so the ratios share the machine's state.
-    result.update(torch_rates(vs_torch, torch_script, int(result["batch"]), steps, repeats,
-                              predict_n))
+    result.update(torch_rates(vs_torch, torch_script, str(result["model"]), int(result["batch"]),
+                              steps, repeats, predict_n))
     result["train_vs_torch"] = result["train_images_per_s"] / result["torch_train_images_per_s"]
     result["predict_vs_torch"] = (result["predict_images_per_s"]
                                   / result["torch_predict_images_per_s"])

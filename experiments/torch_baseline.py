@@ -1,6 +1,9 @@
-"""PyTorch reference for `dr-jax bench --vs-torch`: the same classic CNN, RMSprop, synthetic data.
+"""PyTorch reference for `dr-jax bench --vs-torch`: the same CNN and optimizer, synthetic data.
 
-Command: python experiments/torch_baseline.py --batch 86 --steps 40   (needs: pip install torch)
+Models: classic (RMSprop, as the blog post) and strided (Adam, as the 15-CNN recipe), each with
+dr_jax's parameter count.
+Command: python experiments/torch_baseline.py --model classic --batch 86 --steps 40
+         (needs: pip install torch)
 Prints one JSON line: train_images_per_s and predict_images_per_s on this machine's CPU.
 Not part of the package: torch is not a dr_jax dependency.
 """
@@ -24,18 +27,42 @@ def classic_cnn() -> nn.Module:
       nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10))
 
 
+def strided_cnn() -> nn.Module:
+  """[Conv3x3 ×2, Conv5x5/2] ×2 (32, 64; each conv + ReLU + batch-norm, dropout .4), Conv4x4 128."""
+
+  def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0):
+    # Keras' BatchNormalization: momentum 0.99 (PyTorch counts 1 - that), epsilon 1e-3.
+    return [nn.Conv2d(cin, cout, kernel, stride, padding), nn.ReLU(),
+            nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+
+  return nn.Sequential(
+      *conv_bn(1, 32, 3), *conv_bn(32, 32, 3), *conv_bn(32, 32, 5, 2, 2), nn.Dropout(0.4),
+      *conv_bn(32, 64, 3), *conv_bn(64, 64, 3), *conv_bn(64, 64, 5, 2, 2), nn.Dropout(0.4),
+      *conv_bn(64, 128, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
+
+
+# name → (model, dr_jax's parameter count, optimizer)
+MODELS = {
+    # Keras' RMSprop: rho 0.9, epsilon 1e-7.
+    "classic": (classic_cnn, 887_530,
+                lambda params: torch.optim.RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-7)),
+    "strided": (strided_cnn, 326_410, lambda params: torch.optim.Adam(params, lr=1e-3)),
+}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
+  parser.add_argument("--model", choices=sorted(MODELS), default="classic")
   parser.add_argument("--batch", type=int, default=86)
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--predict-images", type=int, default=28000)
   args = parser.parse_args()
   torch.manual_seed(0)
-  model = classic_cnn()
-  assert sum(p.numel() for p in model.parameters()) == 887_530
-  # Keras' RMSprop: rho 0.9, epsilon 1e-7.
-  opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-7)
+  build, count, optimizer = MODELS[args.model]
+  model = build()
+  assert sum(p.numel() for p in model.parameters()) == count
+  opt = optimizer(model.parameters())
   loss_fn = nn.CrossEntropyLoss()
   x = torch.rand(args.batch, 1, 28, 28)
   y = torch.randint(0, 10, (args.batch,))
@@ -65,6 +92,7 @@ def main() -> None:
     return statistics.median(times)
 
   result = {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+            "model": args.model,
             "train_images_per_s": args.steps * args.batch / timed(train),
             "predict_images_per_s": args.predict_images / timed(predict)}
   print(json.dumps(result))

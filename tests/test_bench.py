@@ -1,0 +1,47 @@
+"""Tests of dr_jax.bench's PyTorch comparison (torch itself is not a test dependency)."""
+
+import json
+import pathlib
+import stat
+
+import pytest
+
+from dr_jax import bench, models
+from dr_jax.errors import UserError
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "torch_baseline.py"
+
+
+def _fake_python(tmp_path: pathlib.Path, has_torch: bool = True) -> str:
+  """A stand-in interpreter: `-c "import torch"` succeeds or not; a script run records its
+  arguments in argv.txt and prints the reference's JSON line."""
+  path = tmp_path / "python"
+  figures = {"torch_version": "x", "threads": 2, "train_images_per_s": 100.0,
+             "predict_images_per_s": 400.0}
+  path.write_text(f"""#!/bin/sh
+if [ "$1" = "-c" ]; then exit {0 if has_torch else 1}; fi
+echo "$*" > {tmp_path / "argv.txt"}
+echo '{json.dumps(figures)}'
+""")
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return str(path)
+
+
+@pytest.mark.parametrize("model", ["classic", "strided"])
+def test_torch_rates_run_the_reference_for_the_configured_model(tmp_path, model):
+  rates = bench.torch_rates(_fake_python(tmp_path), SCRIPT, model, 64, 8, 2, 500)
+  assert rates == {"torch_train_images_per_s": 100.0, "torch_predict_images_per_s": 400.0}
+  argv = (tmp_path / "argv.txt").read_text().split()
+  assert argv == [str(SCRIPT), "--model", model, "--batch", "64", "--steps", "8", "--repeats",
+                  "2", "--predict-images", "500"]
+
+
+def test_the_reference_script_has_every_model():
+  text = SCRIPT.read_text()
+  for name in models.MODELS:
+    assert f'"{name}": (' in text, name
+
+
+def test_torch_rates_without_torch_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="cannot import torch"):
+    bench.torch_rates(_fake_python(tmp_path, has_torch=False), SCRIPT, "classic", 64, 8, 2, 500)
