@@ -7,7 +7,10 @@ epoch on its own 4,200 images); 26 epochs each, the most that fit the hour at th
 member-images/s the looped members train at here.
 Command: dr-jax train --config experiments/ensemble_cpu.py --workdir runs/ensemble_cpu
          dr-jax predict --workdir runs/ensemble_cpu && dr-jax score runs/ensemble_cpu/submission.csv
-Expected: see README "Ensembles" (accuracy on the local answers and wall time, measured there).
+Measured (2-core AMD EPYC, embedded data, one run): local test accuracy 0.99618 (107 wrong; mean
+of the 5 members' softmax, each member's best-validation checkpoint), --tta 5: 0.99646; 49.5 min
+of training (epochs of ~109 s at ~1,730 member-images/s, compile 32 s) + 19 s predict. The 99.65%
+asked of this config is not reached (with --tta 5, one image short).
 """
 
 import pathlib
