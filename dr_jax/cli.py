@@ -58,11 +58,19 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", type=pathlib.Path, required=True)
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   p.add_argument("--out", type=pathlib.Path)
-  p.add_argument("--tta", type=int, default=1, metavar="N",
-                 help="average over N deterministic test-time transforms (1 = none, up to 9)")
+  p.add_argument("--tta", type=int, metavar="N",
+                 help="average over N deterministic test-time transforms (1 = none, up to 9; "
+                 "default: the run's predict.tta)")
   p.add_argument("--vote", action="store_true",
                  help="ensembles: majority vote of members instead of mean probabilities")
   add_distributed(p)
+
+  p = add("validate", "Validation accuracy of a run's best checkpoint for each --tta count "
+          "(each member on its own split): choose predict.tta without the test answers.")
+  p.add_argument("--workdir", type=pathlib.Path, required=True)
+  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"),
+                 help="must hold the train.csv the run was trained on")
+  p.add_argument("--tta", type=int, nargs="+", default=[1, 3, 5, 7, 9], metavar="N")
 
   p = add("score", "Accuracy of a submission against an answers file.")
   p.add_argument("submission", type=pathlib.Path)
@@ -167,9 +175,17 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
                                      vote=args.vote)
     if not distributed.is_primary():
       return
+    tta = predictor.tta if args.tta is None else args.tta
     print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, {predictor.members} "
-          f"member(s), val accuracy {predictor.val_accuracy:.4f})", file=sys.stderr)
+          f"member(s), val accuracy {predictor.val_accuracy:.4f}, tta {tta})", file=sys.stderr)
     print(out)
+  elif args.command == "validate":
+    from dr_jax import predict
+
+    result = predict.validate(args.workdir, args.data_dir, tuple(args.tta))
+    print(f"validation errors of each member on its own {result.n_val} images "
+          f"({args.workdir}, best checkpoint):", file=sys.stderr)
+    print(result.table())
   elif args.command == "score":
     from dr_jax import predict
 

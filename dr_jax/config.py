@@ -74,6 +74,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.steps_per_call = 4  # Steps fused into one jitted call (fewer dispatches).
   c.train.eval_batch_size = 1000
   c.train.fast_cpu = True  # XLA:CPU compiler options that run these CNNs faster; see xla.py.
+
+  # Prediction (`dr-jax predict --tta N` overrides)
+  c.predict = ml_collections.ConfigDict()
+  c.predict.tta = 1  # Deterministic test-time transforms averaged (1 = none; see augment.py).
   return c
 
 
@@ -188,6 +192,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise UserError("config augment.shift and augment.zoom must lie in [0, 1)")
   if config.optimizer.lr <= 0:
     raise UserError(f"config optimizer.lr={config.optimizer.lr} must be positive")
+  from dr_jax import augment  # Here, not at the top: loading a config file needs no jax.
+
+  if not 1 <= config.predict.tta <= len(augment.TTA_TRANSFORMS):
+    raise UserError(f"config predict.tta={config.predict.tta}: choose 1 (no test-time "
+                    f"augmentation) to {len(augment.TTA_TRANSFORMS)}")
   if config.ensemble.vectorize not in VECTORIZE:
     raise UserError(f"config ensemble.vectorize={config.ensemble.vectorize!r} is not one of "
                     f"{', '.join(VECTORIZE)}")

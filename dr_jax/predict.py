@@ -31,6 +31,7 @@ class Predictor:
   val_accuracy: float
   vectorize: str = "auto"  # How members are mapped: see train.loops_members.
   fast_cpu: bool = True  # XLA:CPU compiler options, as in training: see xla.py.
+  tta: int = 1  # The run's predict.tta: test-time transforms when a call names none.
 
   def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
@@ -49,15 +50,20 @@ class Predictor:
         self.vectorize)
     return multihost_utils.process_allgather(out, tiled=True)[:, :n]
 
-  def probabilities(self, images: np.ndarray, tta: int = 1, vote: bool = False,
+  def member(self, index: int) -> Predictor:
+    """The predictor of one ensemble member."""
+    one = jax.tree.map(lambda leaf: leaf[index:index + 1], self.variables)
+    return dataclasses.replace(self, variables=one, members=1)
+
+  def probabilities(self, images: np.ndarray, tta: int | None = None, vote: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
     """Class probabilities `(n, 10)`: softmax averaged over members and `tta` transforms.
 
-    With `vote`, each member × transform casts one vote for its top class instead.
+    `tta=None` uses the run's configured count. With `vote`, each member × transform casts
+    one vote for its top class instead.
     """
-    if not 1 <= tta <= len(augment.TTA_TRANSFORMS):
-      raise UserError(f"--tta {tta}: choose 1 (no test-time augmentation) to "
-                      f"{len(augment.TTA_TRANSFORMS)}")
+    tta = self.tta if tta is None else tta
+    check_tta(tta)
     total = np.zeros((len(images), data.NUM_CLASSES), np.float64)
     for matrix in augment.tta_matrices(tta):
       view = images if tta == 1 else _warp_all(jnp.asarray(images, jnp.float32), matrix)
@@ -67,6 +73,13 @@ class Predictor:
       else:
         total += np.asarray(jax.nn.softmax(logits)).sum(axis=0)
     return total / total.sum(axis=1, keepdims=True)
+
+
+def check_tta(tta: int) -> None:
+  """A count of test-time transforms must name some of augment.TTA_TRANSFORMS."""
+  if not 1 <= tta <= len(augment.TTA_TRANSFORMS):
+    raise UserError(f"--tta {tta}: choose 1 (no test-time augmentation) to "
+                    f"{len(augment.TTA_TRANSFORMS)}")
 
 
 @functools.cache
@@ -105,7 +118,8 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
                    train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
                    int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])),
                    # Runs trained before these options existed lack them.
-                   cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True))
+                   cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True),
+                   cfg.get("predict", {}).get("tta", 1))
 
 
 def submission_text(labels: np.ndarray) -> str:
@@ -115,8 +129,11 @@ def submission_text(labels: np.ndarray) -> str:
 
 
 def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | None = None,
-            tta: int = 1, vote: bool = False) -> tuple[pathlib.Path, Predictor]:
-  """Predicts test.csv with the best checkpoint and writes the submission atomically."""
+            tta: int | None = None, vote: bool = False) -> tuple[pathlib.Path, Predictor]:
+  """Predicts test.csv with the best checkpoint and writes the submission atomically.
+
+  `tta=None` uses the run's predict.tta.
+  """
   predictor = load_predictor(workdir)
   cfg = provenance.read_config(workdir)
   test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
@@ -126,6 +143,59 @@ def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | N
   if distributed.is_primary():  # Every process holds all the labels; one writes them.
     atomic_write_text(out, submission_text(labels))
   return out, predictor
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+  """Validation errors of a run's members (and ensemble) for several test-time-transform counts."""
+
+  ttas: tuple[int, ...]
+  member_errors: np.ndarray  # (len(ttas), members): each on its own validation split.
+  ensemble_errors: np.ndarray | None  # (len(ttas),) when all members share one split.
+  n_val: int  # Images in each member's validation split.
+
+  def table(self) -> str:
+    """A Markdown table: one row per TTA count."""
+    members = self.member_errors.shape[1]
+    head = ["tta", *(f"member {m}" for m in range(members)), "member mean accuracy"]
+    if self.ensemble_errors is not None:
+      head.append("ensemble accuracy")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, tta in enumerate(self.ttas):
+      errors = self.member_errors[i]
+      row = [str(tta), *(str(int(e)) for e in errors), f"{1 - errors.mean() / self.n_val:.5f}"]
+      if self.ensemble_errors is not None:
+        row.append(f"{1 - self.ensemble_errors[i] / self.n_val:.5f} "
+                   f"({int(self.ensemble_errors[i])} wrong)")
+      lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
+             ttas: tuple[int, ...] = (1, 3, 5, 7, 9)) -> Validation:
+  """Errors of each member of the best checkpoint on its own validation split, per TTA count.
+
+  The split is rebuilt from the run's config and train.csv, so `data_dir` must hold the
+  train.csv the run was trained on. This is how to choose predict.tta without the test answers.
+  """
+  for tta in ttas:
+    check_tta(tta)
+  predictor = load_predictor(workdir)
+  cfg = provenance.read_config(workdir)
+  split = train.load_split(cfg, data_dir)
+  member_errors = np.zeros((len(ttas), predictor.members), np.int64)
+  shared = predictor.members > 1 and not cfg.ensemble.own_split
+  ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None
+  for m in range(predictor.members):
+    images, labels = split.images[split.val_idx[m]], split.labels[split.val_idx[m]]
+    for i, tta in enumerate(ttas):
+      wrong = predictor.member(m).probabilities(images, tta=tta).argmax(-1) != labels
+      member_errors[i, m] = wrong.sum()
+  if shared:
+    for i, tta in enumerate(ttas):
+      wrong = predictor.probabilities(split.val.images, tta=tta).argmax(-1) != split.val.labels
+      ensemble_errors[i] = wrong.sum()
+  return Validation(tuple(ttas), member_errors, ensemble_errors, split.val_idx.shape[1])
 
 
 def read_labels(path: pathlib.Path, role: str) -> pd.Series:

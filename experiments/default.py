@@ -21,4 +21,5 @@ def get_config():
   c.num_epochs = 30
   c.data.val_fraction = 0.1
   c.schedule.name = "onecycle"
+  c.predict.tta = 5
   return c

@@ -104,7 +104,7 @@ def workdir_copy(trained, tmp_path) -> pathlib.Path:
 def test_help_lists_every_command(run_cli):
   code, out, err = run_cli("--help")
   assert code == 0, err
-  for command in ("fetch", "train", "predict", "score", "summary", "run", "bench"):
+  for command in ("fetch", "train", "predict", "validate", "score", "summary", "run", "bench"):
     assert re.search(rf"^\s+{command}\s", out, re.MULTILINE), out
 
 
@@ -142,6 +142,17 @@ def test_score_with_default_and_explicit_answers(run_cli, predicted, data):
     assert ACCURACY.fullmatch(last), out
     # Each class is a bright block at its own place: even two epochs learn it.
     assert float(last.split()[-1]) > 0.5
+
+
+def test_validate_prints_a_row_per_tta_count(run_cli, trained, data):
+  code, out, err = run_cli("validate", "--workdir", trained[0], "--data-dir", data,
+                           "--tta", "1", "5")
+  assert code == 0, err
+  header, rule, *rows = out.strip().splitlines()
+  assert header == "| tta | member 0 | member mean accuracy |"
+  assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 5"]
+  best = last_json(trained[1])["best_val_accuracy"]
+  assert abs(float(rows[0].split(" | ")[2].rstrip(" |")) - best) < 1e-4, (rows, best)
 
 
 def test_summary_prints_parameter_count(run_cli):
@@ -293,6 +304,12 @@ def test_predict_rejects_test_file_with_labels(run_cli, trained, data, tmp_path)
   assert_user_error(run_cli("predict", "--workdir", trained[0], "--data-dir", tmp_path, "--out",
                             out), "test.csv", "label")
   assert not out.exists()
+
+
+def test_validate_and_predict_reject_a_bad_tta(run_cli, trained, data):
+  for command in ("validate", "predict"):
+    assert_user_error(run_cli(command, "--workdir", trained[0], "--data-dir", data, "--tta", "0"),
+                      "--tta 0")
 
 
 def _garble(files: list[pathlib.Path]) -> None:

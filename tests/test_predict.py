@@ -1,5 +1,8 @@
 """Tests of dr_jax.predict: vectorized member/TTA probabilities, submission format, scoring."""
 
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pandas as pd
@@ -7,6 +10,7 @@ import pytest
 
 from dr_jax import config, optim, predict, train
 from dr_jax.errors import UserError
+from conftest import tiny_config
 
 
 def _predictor(members=1):
@@ -53,6 +57,19 @@ def test_tta_of_one_is_the_plain_prediction_and_more_views_change_it():
   plain = np.asarray(jax.nn.softmax(p.member_logits(IMAGES)[0]))
   np.testing.assert_allclose(p.probabilities(IMAGES, tta=1), plain, rtol=1e-5, atol=1e-6)
   assert not np.allclose(p.probabilities(IMAGES, tta=5), plain)
+
+
+def test_the_runs_tta_is_the_default_and_an_argument_overrides_it():
+  p = dataclasses.replace(_predictor(), tta=5)
+  np.testing.assert_array_equal(p.probabilities(IMAGES), p.probabilities(IMAGES, tta=5))
+  plain = dataclasses.replace(p, tta=1).probabilities(IMAGES)
+  np.testing.assert_array_equal(p.probabilities(IMAGES, tta=1), plain)
+
+
+def test_member_is_that_members_slice_of_the_ensemble():
+  p = _predictor(members=3)
+  np.testing.assert_allclose(p.member(1).member_logits(IMAGES), p.member_logits(IMAGES)[1:2],
+                             rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("tta", [0, 10])
@@ -112,3 +129,31 @@ def test_predict_writes_atomically_and_round_trips(tmp_path, kaggle_dir):
   again, _ = predict.predict(workdir, data_dir, tmp_path / "again.csv")
   assert again.read_text() == out.read_text()
   assert predictor.members == 1 and predictor.epoch == 1
+
+
+@pytest.mark.parametrize("own_split", [True, False])
+def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path, kaggle_dir,
+                                                                      own_split):
+  data_dir = kaggle_dir(n_train=300, n_test=10)
+  cfg = tiny_config(**{"ensemble.size": 2, "ensemble.own_split": own_split})
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(cfg, workdir, data_dir)
+  result = predict.validate(workdir, data_dir, (1, 3))
+  assert result.ttas == (1, 3) and result.n_val == 30
+  assert result.member_errors.shape == (2, 2)
+  # The trainer's best validation accuracy per member is the tta-1 row, counted again here.
+  records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  best = np.max([r["val_accuracy_members"] for r in records], axis=0)
+  np.testing.assert_allclose(1 - result.member_errors[0] / 30, best, atol=1e-6)
+  assert (result.ensemble_errors is None) == own_split
+  if not own_split:
+    val = train.load_split(cfg, data_dir).val
+    probs = predict.load_predictor(workdir).probabilities(val.images, tta=3)
+    assert result.ensemble_errors[1] == (probs.argmax(-1) != val.labels).sum()
+  table = result.table().splitlines()
+  assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4
+
+
+def test_validate_rejects_a_bad_tta_before_any_work(tmp_path):
+  with pytest.raises(UserError, match="--tta 12"):
+    predict.validate(tmp_path / "no-such-run", tmp_path, (1, 12))
