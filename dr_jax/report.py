@@ -224,11 +224,9 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   predictor = predict.load_predictor(workdir)
   images, labels = split.val.images, split.val.labels
   own_split = cfg.ensemble.own_split and predictor.members > 1
-  if own_split:
-    # Members hold out different rows: only member 0 never trained on these images.
-    probs = np.asarray(jax.nn.softmax(predictor.member_logits(images)[0]))
-  else:
-    probs = predictor.probabilities(images)  # An ensemble's mean, as `dr-jax predict` uses.
+  # As `dr-jax predict` computes them (the run's TTA); with own splits, only member 0 never
+  # trained on these images.
+  probs = (predictor.member(0) if own_split else predictor).probabilities(images)
   counts = confusion_counts(labels, probs.argmax(axis=-1))
   worst = worst_errors(labels, probs, WORST_ERRORS)
   chosen = first_with_label(labels, digit)
