@@ -6,9 +6,10 @@ one-cycle learning rate (warm up, then anneal to ~0: the best use of a fixed bud
 and a 10% validation split: with 2.5% (1,050 images) the best-accuracy checkpoint is picked by one
 or two images of noise. 30 epochs: at the ~23 s an epoch takes on the 2-core CPU, the most that
 fit 15 minutes end to end with a 10% margin for a slower machine. Predictions average 5
-deterministic views (identity and one-pixel shifts): chosen on validation splits only, where
-they cut strided CNNs' errors by 14% (`dr-jax validate`; README "Ensembles and test-time
-augmentation"). The classic CNN's 15-minute run is experiments/classic.py.
+deterministic views (identity and one-pixel shifts), chosen on validation splits only (`dr-jax
+validate`: 174 vs 182 errors over three strided runs' 46,200 member-validation images; weak
+evidence, see README "Ensembles and test-time augmentation"). The classic CNN's 15-minute run
+is experiments/classic.py.
 Command: dr-jax run   (or: dr-jax train --config experiments/default.py --workdir runs/default)
 Expected: see README "Results" (accuracy on the local answers and wall time, measured there).
 """
