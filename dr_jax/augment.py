@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dr_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -53,6 +55,12 @@ def random_matrices(key: jax.Array, n: int, cfg: AugmentConfig, height: int,
 # (degrees, zoom, row shift, column shift)
 TTA_TRANSFORMS = ((0, 1.0, 0, 0), (0, 1.0, 1, 0), (0, 1.0, -1, 0), (0, 1.0, 0, 1), (0, 1.0, 0, -1),
                   (8, 1.0, 0, 0), (-8, 1.0, 0, 0), (0, 0.95, 0, 0), (0, 1.05, 0, 0))
+
+
+def check_tta(count: int, name: str) -> None:
+  """`count` test-time transforms must be 1..len(TTA_TRANSFORMS); `name` says where it came from."""
+  if not 1 <= count <= len(TTA_TRANSFORMS):
+    raise UserError(f"{name}: choose 1 (no test-time augmentation) to {len(TTA_TRANSFORMS)}")
 
 
 def tta_matrices(count: int, height: int = 28, width: int = 28) -> jax.Array:

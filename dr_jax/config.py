@@ -194,9 +194,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config optimizer.lr={config.optimizer.lr} must be positive")
   from dr_jax import augment  # Here, not at the top: loading a config file needs no jax.
 
-  if not 1 <= config.predict.tta <= len(augment.TTA_TRANSFORMS):
-    raise UserError(f"config predict.tta={config.predict.tta}: choose 1 (no test-time "
-                    f"augmentation) to {len(augment.TTA_TRANSFORMS)}")
+  augment.check_tta(config.predict.tta, f"config predict.tta={config.predict.tta}")
   if config.ensemble.vectorize not in VECTORIZE:
     raise UserError(f"config ensemble.vectorize={config.ensemble.vectorize!r} is not one of "
                     f"{', '.join(VECTORIZE)}")

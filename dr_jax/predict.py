@@ -63,7 +63,7 @@ class Predictor:
     one vote for its top class instead.
     """
     tta = self.tta if tta is None else tta
-    check_tta(tta)
+    augment.check_tta(tta, f"--tta {tta}")
     total = np.zeros((len(images), data.NUM_CLASSES), np.float64)
     for matrix in augment.tta_matrices(tta):
       view = images if tta == 1 else _warp_all(jnp.asarray(images, jnp.float32), matrix)
@@ -73,13 +73,6 @@ class Predictor:
       else:
         total += np.asarray(jax.nn.softmax(logits)).sum(axis=0)
     return total / total.sum(axis=1, keepdims=True)
-
-
-def check_tta(tta: int) -> None:
-  """A count of test-time transforms must name some of augment.TTA_TRANSFORMS."""
-  if not 1 <= tta <= len(augment.TTA_TRANSFORMS):
-    raise UserError(f"--tta {tta}: choose 1 (no test-time augmentation) to "
-                    f"{len(augment.TTA_TRANSFORMS)}")
 
 
 @functools.cache
@@ -179,7 +172,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   train.csv the run was trained on. This is how to choose predict.tta without the test answers.
   """
   for tta in ttas:
-    check_tta(tta)
+    augment.check_tta(tta, f"--tta {tta}")
   predictor = load_predictor(workdir)
   cfg = provenance.read_config(workdir)
   split = train.load_split(cfg, data_dir)
@@ -187,9 +180,10 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   shared = predictor.members > 1 and not cfg.ensemble.own_split
   ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None
   for m in range(predictor.members):
+    member = predictor.member(m)
     images, labels = split.images[split.val_idx[m]], split.labels[split.val_idx[m]]
     for i, tta in enumerate(ttas):
-      wrong = predictor.member(m).probabilities(images, tta=tta).argmax(-1) != labels
+      wrong = member.probabilities(images, tta=tta).argmax(-1) != labels
       member_errors[i, m] = wrong.sum()
   if shared:
     for i, tta in enumerate(ttas):
