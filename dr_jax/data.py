@@ -235,6 +235,14 @@ def _file_hash(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
+def digest(digits: Digits) -> str:
+  """sha256 of the parsed pixels and labels: the same however the CSV was saved (CRLF, gzip)."""
+  h = hashlib.sha256(np.ascontiguousarray(digits.images, np.uint8).tobytes())
+  if digits.labels is not None:
+    h.update(np.ascontiguousarray(digits.labels, np.int32).tobytes())
+  return h.hexdigest()
+
+
 def find_csv(data_dir: pathlib.Path, name: str) -> pathlib.Path:
   """`data_dir/name`, or its gzip'd `name.gz` when only that exists."""
   path = pathlib.Path(data_dir) / name

@@ -169,13 +169,15 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   """Errors of each member of the best checkpoint on its own validation split, per TTA count.
 
   The split is rebuilt from the run's config and train.csv, so `data_dir` must hold the
-  train.csv the run was trained on. This is how to choose predict.tta without the test answers.
+  train.csv the run was trained on (checked against provenance.json). This is how to choose
+  predict.tta without the test answers.
   """
   for tta in ttas:
     augment.check_tta(tta, f"--tta {tta}")
   predictor = load_predictor(workdir)
   cfg = provenance.read_config(workdir)
   split = train.load_split(cfg, data_dir)
+  provenance.check_train_data(workdir, split.source, split.digest)
   member_errors = np.zeros((len(ttas), predictor.members), np.int64)
   shared = predictor.members > 1 and not cfg.ensemble.own_split
   ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None

@@ -1,4 +1,4 @@
-"""What a run directory records so an old result can be explained: config, versions, device, git."""
+"""What a run records so its result can be explained: config, versions, devices, git, data."""
 
 from __future__ import annotations
 
@@ -43,16 +43,34 @@ def git_commit() -> str:
     return "unknown"
 
 
-def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resumed: bool) -> None:
+def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resumed: bool,
+                    train_csv: pathlib.Path, train_digest: str) -> None:
   """Writes config.json and provenance.json (a resumed run appends to the provenance list)."""
   atomic_write_bytes(workdir / "config.json", cfg.to_json(indent=2).encode())
   record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
             "versions": versions(), "git_commit": git_commit(),
             "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-            "host": platform.node(), "machine": platform.machine()}
+            "host": platform.node(), "machine": platform.machine(),
+            "train_data": {"path": str(pathlib.Path(train_csv).resolve()),
+                           "sha256": train_digest}}
   path = workdir / "provenance.json"
   history = json.loads(path.read_text()) if path.exists() and resumed else []
   atomic_write_bytes(path, json.dumps(history + [record], indent=2).encode())
+
+
+def check_train_data(workdir: pathlib.Path, train_csv: pathlib.Path, train_digest: str) -> None:
+  """Refuses a train.csv whose digits differ from those the run recorded (older runs pass)."""
+  path = pathlib.Path(workdir) / "provenance.json"
+  try:
+    records = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError):
+    return  # Nothing recorded to compare with.
+  recorded = next((r["train_data"] for r in reversed(records) if "train_data" in r), None)
+  if recorded is not None and recorded["sha256"] != train_digest:
+    # A different file would rebuild different splits: validation images the run trained on.
+    raise UserError(f"{train_csv} holds other digits than the train.csv {workdir} was trained on "
+                    f"({recorded['path']}; sha256 {recorded['sha256'][:12]}…, this file "
+                    f"{train_digest[:12]}…); pass --data-dir with the run's train.csv")
 
 
 def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:

@@ -221,6 +221,7 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   # The split is rebuilt from the run's own config so "validation" means the same images.
   cfg = provenance.read_config(workdir)
   split = train.load_split(cfg, data_dir)
+  provenance.check_train_data(workdir, split.source, split.digest)
   predictor = predict.load_predictor(workdir)
   images, labels = split.val.images, split.val.labels
   own_split = cfg.ensemble.own_split and predictor.members > 1

@@ -43,6 +43,8 @@ class Split:
   val_idx: np.ndarray  # (members, n_val)
   shift: float
   scale: float
+  source: pathlib.Path  # The train.csv it came from,
+  digest: str  # and its digits' `data.digest`, recorded in provenance.json.
 
   @property
   def val(self) -> data.Digits:
@@ -52,8 +54,9 @@ class Split:
 
 def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
-  digits = data.load_csv(data.find_csv(data_dir, "train.csv"), with_labels=True,
-                         nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+  source = data.find_csv(data_dir, "train.csv")
+  digits = data.load_csv(source, with_labels=True, nan_policy=cfg.data.nan_policy,
+                         fill_value=cfg.data.fill_value)
   images, labels = digits.images, digits.labels
   if cfg.data.subset:
     images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
@@ -62,7 +65,8 @@ def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   parts = [data.split_indices(labels, cfg.data.val_fraction, seed) for seed in seeds]
   train_idx = np.stack([p[0] for p in parts])
   shift, scale = data.normalization_stats(images[train_idx[0]], cfg.data.normalization)
-  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale)
+  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale, source,
+               data.digest(digits))
 
 
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
@@ -287,6 +291,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   ckpts = checkpoint.Checkpoints(workdir)
   if ckpts.latest_epoch("latest") is not None:
+    provenance.check_train_data(workdir, split.source, split.digest)
     tree, meta = ckpts.restore("latest", target=_ckpt_tree(state))
     state = state.replace(**tree)
     best_vars, best_meta = ckpts.restore("best", target=best_vars)
@@ -300,7 +305,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
          f"{_summary_fields(meta)['best_val_accuracy']:.4f})")
   plateaus = [optim.PlateauState(*p) for p in meta["plateau"]]
   if primary:
-    provenance.write_run_files(workdir, cfg, resumed=meta["epoch"] > 0)
+    provenance.write_run_files(workdir, cfg, meta["epoch"] > 0, split.source, split.digest)
 
   images, targets = jax.device_put((split.images, data.one_hot(split.labels)), everywhere)
   compile_start = time.time()

@@ -312,6 +312,13 @@ def test_validate_and_predict_reject_a_bad_tta(run_cli, trained, data):
                       "--tta 0")
 
 
+def test_validate_and_report_reject_another_train_csv(run_cli, trained, kaggle_dir):
+  other = kaggle_dir(n_train=300, n_test=20, seed=1)
+  for args in (("validate", "--workdir", trained[0]), ("report", trained[0])):
+    assert_user_error(run_cli(*args, "--data-dir", other), str(other / "train.csv"),
+                      "holds other digits", "--data-dir")
+
+
 def _garble(files: list[pathlib.Path]) -> None:
   assert files, "orbax's checkpoint layout changed; pick other files to damage"
   for path in files:

@@ -82,6 +82,22 @@ def test_crlf_bom_and_gzip_are_accepted(tmp_path, name, newline, bom):
   np.testing.assert_array_equal(digits.images.reshape(5, -1), as_array(rows)[:, 1:])
 
 
+def test_digest_names_the_digits_not_the_file_format(tmp_path):
+  rows = make_rows(5, seed=1)
+  plain = data.load_csv(write_csv(tmp_path / "train.csv", rows), True)
+  saved_otherwise = data.load_csv(write_csv(tmp_path / "other.csv.gz", rows, newline="\r\n",
+                                            bom=True), True)
+  assert data.digest(plain) == data.digest(saved_otherwise)
+  assert len(data.digest(plain)) == 64
+  rows[3][400] = (rows[3][400] + 1) % 256  # One pixel,
+  assert data.digest(data.parse_csv(write_csv(tmp_path / "b.csv", rows), True)) != \
+      data.digest(plain)
+  rows[3][400] = (rows[3][400] - 1) % 256
+  rows[2][0] = (rows[2][0] + 1) % 10  # or one label, changes it.
+  assert data.digest(data.parse_csv(write_csv(tmp_path / "c.csv", rows), True)) != \
+      data.digest(plain)
+
+
 @pytest.mark.parametrize("with_labels", [True, False])
 def test_shuffled_columns_are_reordered_by_name(tmp_path, with_labels):
   rows = as_array(make_rows(6, with_labels, seed=2))

@@ -1,6 +1,7 @@
 """Tests of dr_jax.predict: vectorized member/TTA probabilities, submission format, scoring."""
 
 import dataclasses
+import gzip
 import json
 
 import jax
@@ -152,6 +153,20 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
     assert result.ensemble_errors[1] == (probs.argmax(-1) != val.labels).sum()
   table = result.table().splitlines()
   assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4
+
+
+def test_validate_refuses_a_train_csv_the_run_was_not_trained_on(tmp_path, kaggle_dir):
+  data_dir = kaggle_dir(n_train=300, n_test=10)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(num_epochs=1), workdir, data_dir)
+  other = kaggle_dir(n_train=300, n_test=10, seed=1)
+  with pytest.raises(UserError, match="holds other digits than the train.csv"):
+    predict.validate(workdir, other, (1,))
+  # The same digits saved differently (gzip'd here) are the same data.
+  same = tmp_path / "gz"
+  same.mkdir()
+  (same / "train.csv.gz").write_bytes(gzip.compress((data_dir / "train.csv").read_bytes()))
+  assert predict.validate(workdir, same, (1,)).n_val == 30
 
 
 def test_validate_rejects_a_bad_tta_before_any_work(tmp_path):

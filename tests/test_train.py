@@ -40,7 +40,7 @@ def smoke_run(tmp_path_factory, data_dir):
   return workdir, summary
 
 
-def test_smoke_run_learns_and_writes_everything(smoke_run):
+def test_smoke_run_learns_and_writes_everything(smoke_run, data_dir):
   workdir, summary = smoke_run
   records = _metrics(workdir)
   assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -56,6 +56,9 @@ def test_smoke_run_learns_and_writes_everything(smoke_run):
   prov = json.loads((workdir / "provenance.json").read_text())
   assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint"} <= set(prov[0]["versions"])
   assert prov[0]["devices"] and prov[0]["git_commit"]
+  digits = data.load_csv(data_dir / "train.csv", with_labels=True)
+  assert prov[0]["train_data"] == {"path": str((data_dir / "train.csv").resolve()),
+                                   "sha256": data.digest(digits)}
 
 
 def test_best_checkpoint_holds_the_best_epoch(smoke_run):
@@ -154,6 +157,18 @@ def _wait_for(path, proc, timeout=240):
 
 
 @pytest.mark.slow
+def test_resume_refuses_other_training_data_and_changes_nothing(tmp_path, kaggle_dir, smoke_run):
+  workdir, _ = smoke_run
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  other = kaggle_dir(n_train=300, n_test=20, seed=1)
+  with pytest.raises(UserError) as info:
+    train.train_and_evaluate(_cfg(num_epochs=4), workdir, other)
+  message = str(info.value)
+  assert "\n" not in message and str(other / "train.csv") in message
+  assert "pass --data-dir with the run's train.csv" in message
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, data_dir, cli_env):
   """Kill -9 after epoch 2's checkpoint, restart: final parameters are bitwise identical."""
   straight = _start(tmp_path / "straight", data_dir, cli_env, epochs=4)

@@ -1,0 +1,50 @@
+"""Tests of dr_jax.provenance: the run's record of its training data, and reading the config back."""
+
+import json
+
+import pytest
+
+from dr_jax import provenance
+from dr_jax.errors import UserError
+from conftest import tiny_config
+
+
+def _write(workdir, *records):
+  (workdir / "provenance.json").write_text(json.dumps(list(records)))
+
+
+def test_write_run_files_records_the_data_and_a_resume_appends(tmp_path):
+  cfg = tiny_config()
+  provenance.write_run_files(tmp_path, cfg, False, tmp_path / "train.csv", "a" * 64)
+  provenance.write_run_files(tmp_path, cfg, True, tmp_path / "train.csv", "a" * 64)
+  records = json.loads((tmp_path / "provenance.json").read_text())
+  assert [r["resumed"] for r in records] == [False, True]
+  assert records[0]["train_data"] == {"path": str(tmp_path / "train.csv"), "sha256": "a" * 64}
+  assert provenance.read_config(tmp_path).to_dict() == cfg.to_dict()
+
+
+def test_check_train_data_passes_the_same_digits_and_runs_that_predate_the_record(tmp_path):
+  provenance.check_train_data(tmp_path, tmp_path / "train.csv", "b" * 64)  # No provenance.json.
+  _write(tmp_path, {"resumed": False})  # Written before runs recorded their data.
+  provenance.check_train_data(tmp_path, tmp_path / "train.csv", "b" * 64)
+  _write(tmp_path, {"train_data": {"path": "/old/train.csv", "sha256": "b" * 64}})
+  provenance.check_train_data(tmp_path, tmp_path / "elsewhere.csv", "b" * 64)
+
+
+def test_check_train_data_names_both_files_and_uses_the_latest_record(tmp_path):
+  _write(tmp_path, {"train_data": {"path": "/first/train.csv", "sha256": "c" * 64}},
+         {"train_data": {"path": "/latest/train.csv", "sha256": "d" * 64}})
+  provenance.check_train_data(tmp_path, tmp_path / "x.csv", "d" * 64)
+  with pytest.raises(UserError) as info:
+    provenance.check_train_data(tmp_path, tmp_path / "x.csv", "c" * 64)
+  message = str(info.value)
+  assert str(tmp_path / "x.csv") in message and "/latest/train.csv" in message
+  assert "d" * 12 in message and "c" * 12 in message and "\n" not in message
+
+
+def test_read_config_of_a_directory_that_is_no_run(tmp_path):
+  with pytest.raises(UserError, match="not a dr_jax run directory"):
+    provenance.read_config(tmp_path)
+  (tmp_path / "config.json").write_text("{")
+  with pytest.raises(UserError, match="not valid JSON"):
+    provenance.read_config(tmp_path)
