@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import gzip
 import json
 import pathlib
+import re
 import statistics
 import subprocess
 import time
@@ -36,9 +39,34 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size**3 / min(_time(lambda: f(a), repeats)) / 1e9
 
 
+TRACE_ROWS = 15  # Op kinds `--trace` reports.
+
+
+def op_times(trace_dir: pathlib.Path, num_steps: int) -> list[tuple[str, float]]:
+  """Milliseconds per train step of each kind of XLA op in the newest profile under `trace_dir`.
+
+  A kind is an HLO name without its numeric suffix (`transpose_copy_fusion.38` is a
+  `transpose_copy_fusion`). Only what the trace times counts: XLA:CPU's convolutions run on its
+  Eigen thread pool, and their events cover the dispatch alone.
+  """
+  files = sorted(pathlib.Path(trace_dir).glob("plugins/profile/*/*.trace.json.gz"))
+  if not files:
+    raise UserError(f"no profile (plugins/profile/*/*.trace.json.gz) under {trace_dir}")
+  events = json.loads(gzip.decompress(files[-1].read_bytes()))["traceEvents"]
+  totals: dict[str, float] = collections.defaultdict(float)
+  for event in events:
+    op = event.get("args", {}).get("hlo_op")
+    if event.get("ph") == "X" and op:
+      totals[re.sub(r"\.\d+$", "", op)] += event["dur"] / 1e3 / num_steps
+  return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
 def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
-               repeats: int) -> dict[str, float]:
-  """Images/s (summed over ensemble members) and FLOPs of `num_steps` real fused train steps."""
+               repeats: int, trace: pathlib.Path | None = None) -> dict[str, float]:
+  """Images/s (summed over ensemble members) and FLOPs of `num_steps` real fused train steps.
+
+  With `trace`, one more round of the same calls is profiled into that directory.
+  """
   members = cfg.ensemble.size
   k = min(cfg.train.steps_per_call, num_steps)
   calls = max(1, num_steps // k)
@@ -66,8 +94,14 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
   times = _time(run, repeats)
   work = calls * k * batch * members
   rate = work / statistics.median(times)
+  traced = {}
+  if trace is not None:
+    with jax.profiler.trace(str(trace)):
+      jax.block_until_ready(run())
+    traced = {"trace_ms_per_step": dict(op_times(trace, calls * k)[:TRACE_ROWS])}
   return {"train_images_per_s": rate, "train_images_per_s_best": work / min(times),
-          "train_mflop_per_image": flops / 1e6, "train_gflops_per_s": rate * flops / 1e9}
+          "train_mflop_per_image": flops / 1e6, "train_gflops_per_s": rate * flops / 1e9,
+          **traced}
 
 
 def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
@@ -100,7 +134,8 @@ def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[s
 
 
 def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int = 40,
-        repeats: int = 3, predict_n: int = 28000) -> dict[str, float | str]:
+        repeats: int = 3, predict_n: int = 28000,
+        trace: pathlib.Path | None = None) -> dict[str, float | str]:
   """All figures of one benchmark run, measured in this process."""
   batch = batch or cfg.batch_size
   cfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -110,7 +145,7 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
       "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
       "members": cfg.ensemble.size,
       "steps_per_call": cfg.train.steps_per_call, "fast_cpu": cfg.train.fast_cpu}
-  result.update(train_rate(cfg, batch, num_steps, repeats))
+  result.update(train_rate(cfg, batch, num_steps, repeats, trace))
   if cfg.ensemble.size > 1:
     # The same members trained one after another: the baseline the vmapped step must beat.
     single = ml_collections.ConfigDict(cfg.to_dict())
@@ -151,9 +186,15 @@ def torch_rates(python: str, script: pathlib.Path, model: str, batch: int, num_s
 
 def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats: int,
          predict_n: int = 28000, vs_torch: str | None = None,
-         torch_script: pathlib.Path | None = None) -> dict:
+         torch_script: pathlib.Path | None = None, trace: pathlib.Path | None = None) -> dict:
   """Prints a table and, as the last line, the figures as JSON."""
-  result = run(cfg, batch, steps, repeats, predict_n)
+  result = run(cfg, batch, steps, repeats, predict_n, trace)
+  if trace is not None:
+    print(f"profile of one more round of train calls: {trace} (open its "
+          "plugins/profile/*/*.trace.json.gz in ui.perfetto.dev). XLA ops timed there, ms per "
+          "step (XLA:CPU's convolutions run on its thread pool: their events cover only the dispatch):")
+    for kind, ms in result["trace_ms_per_step"].items():
+      print(f"  {ms:8.2f}  {kind}")
   if vs_torch is not None:
     # Measured in the same invocation, one after the other, so the ratios share the machine's state.
     result.update(torch_rates(vs_torch, torch_script, str(result["model"]), int(result["batch"]),
@@ -163,6 +204,8 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
                                   / result["torch_predict_images_per_s"])
   width = max(len(k) for k in result)
   for key, value in result.items():
+    if isinstance(value, dict):
+      continue  # Printed above.
     print(f"{key:<{width}}  {value:,.2f}" if isinstance(value, float) else
           f"{key:<{width}}  {value}")
   print(json.dumps(result))

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--vs-torch", nargs="?", const=sys.executable, metavar="PYTHON",
                  help="also time the same CNN in PyTorch (experiments/torch_baseline.py, run "
                  "by PYTHON, default this interpreter) and report the ratios")
+  p.add_argument("--trace", type=pathlib.Path, metavar="DIR",
+                 help="also profile the train step into DIR and print its XLA ops' times")
 
   p = add("sweep", "Train configs × seeds (resumable); mean ± std per config.")
   p.add_argument("configs", type=pathlib.Path, nargs="+", metavar="CONFIG",
@@ -202,7 +204,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     cfg = _config(args.config or _default_config(), overrides)
     bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
                predict_n=args.predict_images, vs_torch=args.vs_torch,
-               torch_script=_REPO / "experiments" / "torch_baseline.py")
+               torch_script=_REPO / "experiments" / "torch_baseline.py", trace=args.trace)
   elif args.command == "sweep":
     from dr_jax import sweep
 

@@ -1,5 +1,6 @@
-"""Tests of dr_jax.bench's PyTorch comparison (torch itself is not a test dependency)."""
+"""Tests of dr_jax.bench: the PyTorch comparison (torch is not a test dependency), the profile."""
 
+import gzip
 import json
 import pathlib
 import stat
@@ -45,3 +46,26 @@ def test_the_reference_script_has_every_model():
 def test_torch_rates_without_torch_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="cannot import torch"):
     bench.torch_rates(_fake_python(tmp_path, has_torch=False), SCRIPT, "classic", 64, 8, 2, 500)
+
+
+def _trace(root: pathlib.Path, run: str, events: list[dict]) -> None:
+  folder = root / "plugins" / "profile" / run
+  folder.mkdir(parents=True)
+  (folder / "host.trace.json.gz").write_bytes(gzip.compress(json.dumps(
+      {"traceEvents": events}).encode()))
+
+
+def test_op_times_sums_each_kind_of_op_per_step_from_the_newest_trace(tmp_path):
+  op = lambda name, us, ph="X": {"ph": ph, "name": name, "dur": us, "args": {"hlo_op": name}}
+  _trace(tmp_path, "2026_01_01_00_00_00", [op("copy.1", 9000.0)])
+  _trace(tmp_path, "2026_01_01_00_00_01", [
+      op("transpose_copy_fusion.38", 3000.0), op("transpose_copy_fusion.5", 1000.0),
+      op("copy", 500.0), op("copy.2", 300.0), op("dot.3", 7000.0, ph="B"),
+      {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99000.0, "args": {}},
+      {"ph": "M", "name": "thread_name", "args": {"name": "x"}}])
+  assert bench.op_times(tmp_path, 2) == [("transpose_copy_fusion", 2.0), ("copy", 0.4)]
+
+
+def test_op_times_without_a_profile_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="no profile"):
+    bench.op_times(tmp_path, 1)

@@ -194,14 +194,19 @@ def test_fetch_from_kaggle_without_credentials(run_cli, tmp_path):
   assert not (tmp_path / "d").exists()
 
 
-def test_bench_prints_json_figures(run_cli):
+def test_bench_prints_json_figures_and_a_profile(run_cli, tmp_path):
   code, out, err = run_cli("bench", "--config", TINY, "--steps", "2", "--repeats", "1",
-                           "--predict-images", "200")
+                           "--predict-images", "200", "--trace", tmp_path / "trace")
   assert code == 0, err
   figures = last_json(out)
   for key in ("train_images_per_s", "predict_images_per_s", "train_gflops_per_s",
               "matmul_gflops_per_s", "roofline_fraction"):
     assert isinstance(figures[key], float) and figures[key] > 0, figures
+  ops = figures["trace_ms_per_step"]
+  assert ops and all(ms > 0 for ms in ops.values()) and any("fusion" in op for op in ops), ops
+  assert list((tmp_path / "trace").glob("plugins/profile/*/*.trace.json.gz"))
+  table = out.split("dispatch):\n", 1)[1].splitlines()[:len(ops)]
+  assert [line.split()[1] for line in table] == list(ops)
 
 
 # Bad training data: exit 2, one line naming the problem, the existing run untouched.
