@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="smoke run: --config.num_epochs=2 --config.data.subset=2000")
 
   p = add("report", "Figures of a trained run in WORKDIR/report/ (see its index.md).")
-  p.add_argument("workdir", type=pathlib.Path, metavar="WORKDIR")
+  p.add_argument("run_dir", type=pathlib.Path, nargs="?", metavar="WORKDIR")
+  p.add_argument("--workdir", type=pathlib.Path, help="WORKDIR, as the other commands take it")
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   p.add_argument("--digit", type=int, choices=range(10), default=7,
                  help="feature maps of the first validation image with this label")
@@ -215,7 +216,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "report":
     from dr_jax import report
 
-    print(report.make_report(args.workdir, args.data_dir, args.digit))
+    if (args.run_dir is None) == (args.workdir is None):
+      raise UserError("report: give the run directory once, as WORKDIR or --workdir WORKDIR")
+    print(report.make_report(args.run_dir or args.workdir, args.data_dir, args.digit))
 
 
 def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:

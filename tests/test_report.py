@@ -155,6 +155,13 @@ def test_missing_digit_is_a_user_error():
   assert report.first_with_label(np.array([3, 7, 7]), 7) == 1
 
 
-def test_cli_report_of_a_dir_that_is_not_a_run(tmp_path, capsys):
-  assert cli.main(["report", str(tmp_path)]) == 2
+@pytest.mark.parametrize("args", [["--workdir", "{run}"], ["{run}"]])
+def test_cli_report_takes_the_run_as_workdir_or_positional(tmp_path, capsys, args):
+  assert cli.main(["report", *[a.format(run=tmp_path) for a in args]]) == 2
   assert "metrics.jsonl not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [[], ["{run}", "--workdir", "{run}"]])
+def test_cli_report_needs_the_run_once(tmp_path, capsys, args):
+  assert cli.main(["report", *[a.format(run=tmp_path) for a in args]]) == 2
+  assert "give the run directory once" in capsys.readouterr().err
