@@ -54,10 +54,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
   add_distributed(p)
 
-  p = add("predict", "Write submission.csv from a run's best checkpoint.")
-  p.add_argument("--workdir", type=pathlib.Path, required=True)
+  p = add("predict", "Write submission.csv from a run's best checkpoint (or several runs').")
+  p.add_argument("--workdir", type=pathlib.Path, required=True, action="append",
+                 help="the run; repeat it to blend several runs (every member weighted alike)")
   p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
-  p.add_argument("--out", type=pathlib.Path)
+  p.add_argument("--out", type=pathlib.Path,
+                 help="default WORKDIR/submission.csv; required when blending")
   p.add_argument("--tta", type=int, metavar="N",
                  help="average over N deterministic test-time transforms (1 = none, up to 9; "
                  "default: the run's predict.tta)")
@@ -174,13 +176,21 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "predict":
     from dr_jax import predict
 
-    out, predictor = predict.predict(args.workdir, args.data_dir, args.out, tta=args.tta,
-                                     vote=args.vote)
+    if len(args.workdir) > 1 and args.out is None:
+      raise UserError("predict: blending several --workdir runs needs --out FILE for the result")
+    out = args.out or args.workdir[0] / "submission.csv"
+    out, predictors = predict.blend(args.workdir, args.data_dir, out, tta=args.tta,
+                                    vote=args.vote)
     if not distributed.is_primary():
       return
-    tta = predictor.tta if args.tta is None else args.tta
-    print(f"wrote {out} (checkpoint of epoch {predictor.epoch}, {predictor.members} "
-          f"member(s), val accuracy {predictor.val_accuracy:.4f}, tta {tta})", file=sys.stderr)
+    runs = [f"checkpoint of epoch {p.epoch}, {p.members} member(s), val accuracy "
+            f"{p.val_accuracy:.4f}, tta {p.tta if args.tta is None else args.tta}"
+            for p in predictors]
+    if len(runs) == 1:
+      print(f"wrote {out} ({runs[0]})", file=sys.stderr)
+    else:
+      print(f"wrote {out} (blend of {len(runs)} runs, {sum(p.members for p in predictors)} "
+            f"members: {'; '.join(runs)})", file=sys.stderr)
     print(out)
   elif args.command == "validate":
     from dr_jax import predict

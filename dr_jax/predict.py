@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,17 +125,36 @@ def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | N
             tta: int | None = None, vote: bool = False) -> tuple[pathlib.Path, Predictor]:
   """Predicts test.csv with the best checkpoint and writes the submission atomically.
 
-  `tta=None` uses the run's predict.tta.
+  `tta=None` uses the run's predict.tta. The submission goes to WORKDIR/submission.csv unless
+  `out` is given.
   """
-  predictor = load_predictor(workdir)
-  cfg = provenance.read_config(workdir)
-  test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
-                       nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
-  labels = predictor.probabilities(test.images, tta=tta, vote=vote).argmax(axis=-1)
   out = pathlib.Path(out) if out else pathlib.Path(workdir) / "submission.csv"
-  if distributed.is_primary():  # Every process holds all the labels; one writes them.
-    atomic_write_text(out, submission_text(labels))
+  out, (predictor,) = blend([workdir], data_dir, out, tta, vote)
   return out, predictor
+
+
+def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib.Path,
+          tta: int | None = None, vote: bool = False) -> tuple[pathlib.Path, list[Predictor]]:
+  """Predicts test.csv with several runs' best checkpoints, each member weighted alike.
+
+  Runs of different architectures or configs blend too, which one vmapped program cannot
+  hold. `tta=None` uses each run's predict.tta.
+  """
+  total, predictors = None, []
+  for workdir in workdirs:
+    predictor = load_predictor(workdir)
+    cfg = provenance.read_config(workdir)
+    test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
+                         nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+    probs = predictor.members * predictor.probabilities(test.images, tta=tta, vote=vote)
+    if total is not None and probs.shape != total.shape:
+      raise UserError(f"{workdir}: its data settings keep {len(probs)} test images, the runs "
+                      f"before it {len(total)}; blend runs with the same data.nan_policy")
+    total = probs if total is None else total + probs
+    predictors.append(predictor)
+  if distributed.is_primary():  # Every process holds all the labels; one writes them.
+    atomic_write_text(out, submission_text(total.argmax(axis=-1)))
+  return pathlib.Path(out), predictors
 
 
 @dataclasses.dataclass(frozen=True)

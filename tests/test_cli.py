@@ -133,6 +133,17 @@ def test_predict_writes_one_row_per_test_image(predicted, data):
   assert set(labels) <= set(range(10))
 
 
+def test_predict_blends_several_runs_into_out(run_cli, trained, predicted, data, tmp_path):
+  out = tmp_path / "blend.csv"
+  assert_user_error(run_cli("predict", "--workdir", trained[0], "--workdir", trained[0],
+                            "--data-dir", data), "--out")
+  code, stdout, err = run_cli("predict", "--workdir", trained[0], "--workdir", trained[0],
+                              "--data-dir", data, "--out", out)
+  assert code == 0, err
+  assert stdout.strip() == str(out) and "blend of 2 runs, 2 members" in err
+  assert out.read_text() == predicted[0].read_text()  # A run blended with itself is itself.
+
+
 def test_score_with_default_and_explicit_answers(run_cli, predicted, data):
   path, _ = predicted
   for extra in ((), ("--answers", data / "test_answers.csv")):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_jax import config, optim, predict, train
+from dr_jax import config, data, optim, predict, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -130,6 +130,24 @@ def test_predict_writes_atomically_and_round_trips(tmp_path, kaggle_dir):
   again, _ = predict.predict(workdir, data_dir, tmp_path / "again.csv")
   assert again.read_text() == out.read_text()
   assert predictor.members == 1 and predictor.epoch == 1
+
+
+def test_blend_weights_every_member_alike_across_runs(tmp_path, kaggle_dir):
+  data_dir = kaggle_dir(n_train=300, n_test=40)
+  one, two = tmp_path / "one", tmp_path / "two"
+  train.train_and_evaluate(tiny_config(num_epochs=1), one, data_dir)
+  train.train_and_evaluate(tiny_config(num_epochs=1, seed=1, **{"ensemble.size": 2}), two,
+                           data_dir)
+  out, predictors = predict.blend([one, two], data_dir, tmp_path / "blend.csv", tta=3)
+  assert [p.members for p in predictors] == [1, 2]
+  images = data.load_csv(data_dir / "test.csv", with_labels=False).images
+  by_hand = sum(p.members * p.probabilities(images, tta=3) for p in predictors)
+  blended = pd.read_csv(out)["Label"].to_numpy()
+  np.testing.assert_array_equal(blended, by_hand.argmax(-1))
+  # A run blended with itself is that run's prediction.
+  alone, _ = predict.predict(two, data_dir, tmp_path / "alone.csv")
+  twice, _ = predict.blend([two, two], data_dir, tmp_path / "twice.csv")
+  assert twice.read_text() == alone.read_text()
 
 
 @pytest.mark.parametrize("own_split", [True, False])
