@@ -192,7 +192,8 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
   if trace is not None:
     print(f"profile of one more round of train calls: {trace} (open its "
           "plugins/profile/*/*.trace.json.gz in ui.perfetto.dev). XLA ops timed there, ms per "
-          "step (XLA:CPU's convolutions run on its thread pool: their events cover only the dispatch):")
+          "step (XLA:CPU's convolutions run on its thread pool: their events cover only the "
+          "dispatch):")
     for kind, ms in result["trace_ms_per_step"].items():
       print(f"  {ms:8.2f}  {kind}")
   if vs_torch is not None:
