@@ -45,8 +45,8 @@ TRACE_ROWS = 15  # Op kinds `--trace` reports.
 def op_times(trace_dir: pathlib.Path, num_steps: int) -> list[tuple[str, float]]:
   """Milliseconds per train step of each kind of XLA op in the newest profile under `trace_dir`.
 
-  A kind is an HLO name without its numeric suffix (`transpose_copy_fusion.38` is a
-  `transpose_copy_fusion`). Only what the trace times counts: XLA:CPU's convolutions run on its
+  A kind is an op's name without its numeric suffix (`transpose_copy_fusion.38` is a
+  `transpose_copy_fusion`, `command_buffer_550` a `command_buffer`). Only what the trace times counts: XLA:CPU's convolutions run on its
   Eigen thread pool, and their events cover the dispatch alone.
   """
   files = sorted(pathlib.Path(trace_dir).glob("plugins/profile/*/*.trace.json.gz"))
@@ -57,7 +57,7 @@ def op_times(trace_dir: pathlib.Path, num_steps: int) -> list[tuple[str, float]]
   for event in events:
     op = event.get("args", {}).get("hlo_op")
     if event.get("ph") == "X" and op:
-      totals[re.sub(r"\.\d+$", "", op)] += event["dur"] / 1e3 / num_steps
+      totals[re.sub(r"[._]\d+$", "", op)] += event["dur"] / 1e3 / num_steps
   return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
@@ -190,10 +190,11 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
   """Prints a table and, as the last line, the figures as JSON."""
   result = run(cfg, batch, steps, repeats, predict_n, trace)
   if trace is not None:
+    cpu = ("; XLA:CPU's convolutions run on its thread pool, their events cover only the "
+           "dispatch" if jax.default_backend() == "cpu" else "")
     print(f"profile of one more round of train calls: {trace} (open its "
           "plugins/profile/*/*.trace.json.gz in ui.perfetto.dev). XLA ops timed there, ms per "
-          "step (XLA:CPU's convolutions run on its thread pool: their events cover only the "
-          "dispatch):")
+          f"step{cpu}:")
     for kind, ms in result["trace_ms_per_step"].items():
       print(f"  {ms:8.2f}  {kind}")
   if vs_torch is not None:

@@ -61,9 +61,12 @@ def test_op_times_sums_each_kind_of_op_per_step_from_the_newest_trace(tmp_path):
   _trace(tmp_path, "2026_01_01_00_00_01", [
       op("transpose_copy_fusion.38", 3000.0), op("transpose_copy_fusion.5", 1000.0),
       op("copy", 500.0), op("copy.2", 300.0), op("dot.3", 7000.0, ph="B"),
+      op("command_buffer_550", 200.0), op("command_buffer_1", 100.0),
       {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99000.0, "args": {}},
       {"ph": "M", "name": "thread_name", "args": {"name": "x"}}])
-  assert bench.op_times(tmp_path, 2) == [("transpose_copy_fusion", 2.0), ("copy", 0.4)]
+  kinds = bench.op_times(tmp_path, 2)
+  assert [kind for kind, _ in kinds] == ["transpose_copy_fusion", "copy", "command_buffer"]
+  assert [ms for _, ms in kinds] == pytest.approx([2.0, 0.4, 0.15])
 
 
 def test_op_times_without_a_profile_is_a_user_error(tmp_path):

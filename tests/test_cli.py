@@ -216,7 +216,7 @@ def test_bench_prints_json_figures_and_a_profile(run_cli, tmp_path):
   ops = figures["trace_ms_per_step"]
   assert ops and all(ms > 0 for ms in ops.values()) and any("fusion" in op for op in ops), ops
   assert list((tmp_path / "trace").glob("plugins/profile/*/*.trace.json.gz"))
-  table = out.split("dispatch):\n", 1)[1].splitlines()[:len(ops)]
+  table = out.split("dispatch:\n", 1)[1].splitlines()[:len(ops)]
   assert [line.split()[1] for line in table] == list(ops)
 
 
