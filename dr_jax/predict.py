@@ -194,9 +194,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   for tta in ttas:
     augment.check_tta(tta, f"--tta {tta}")
   predictor = load_predictor(workdir)
-  cfg = provenance.read_config(workdir)
-  split = train.load_split(cfg, data_dir)
-  provenance.check_train_data(workdir, split.source, split.digest)
+  cfg, split = train.load_run_split(workdir, data_dir)
   member_errors = np.zeros((len(ttas), predictor.members), np.int64)
   shared = predictor.members > 1 and not cfg.ensemble.own_split
   ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None

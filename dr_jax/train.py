@@ -69,6 +69,15 @@ def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
                data.digest(digits))
 
 
+def load_run_split(workdir: pathlib.Path,
+                   data_dir: pathlib.Path) -> tuple[ml_collections.ConfigDict, Split]:
+  """A trained run's config and its splits, rebuilt from a train.csv that must hold its digits."""
+  cfg = provenance.read_config(workdir)
+  split = load_split(cfg, data_dir)
+  provenance.check_train_data(workdir, split.source, split.digest)
+  return cfg, split
+
+
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
                train: bool) -> steps.Preprocess:
   """The static preprocessing of a run; augmentation only for training."""

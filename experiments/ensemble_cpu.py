@@ -2,7 +2,8 @@
 
 A delta on default.py (the strided CNN, one-cycle learning rate, 10% validation): six
 members, each with its own initialisation, dropout/augmentation keys and its own stratified
-10% validation split (as in the 15-CNN recipe, so each sees a different 90% of the data and picks its best epoch on its own 4,200 images); 22 epochs each.
+10% validation split (as in the 15-CNN recipe, so each sees a different 90% of the data and
+picks its best epoch on its own 4,200 images); 22 epochs each.
 Why 6 × 22 rather than the 5 × 26 of the previous version (same budget of member-epochs): in
 that run the members' mean validation accuracy stopped rising at epoch 22 (0.99590; 0.99576 at
 epoch 26), so the last four epochs bought nothing a sixth member cannot.
