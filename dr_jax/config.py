@@ -75,6 +75,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 1000
   c.train.fast_cpu = True  # XLA:CPU compiler options that run these CNNs faster; see xla.py.
 
+  # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
+  c.pseudo = ml_collections.ConfigDict()
+  c.pseudo.teacher = ""  # The teacher's workdir ("" = none), e.g. runs/default from `dr-jax run`.
+  c.pseudo.threshold = 0.99  # Least teacher probability for a test image to join.
+
   # Prediction (`dr-jax predict --tta N` overrides)
   c.predict = ml_collections.ConfigDict()
   c.predict.tta = 1  # Deterministic test-time transforms averaged (1 = none; see augment.py).
@@ -190,6 +195,8 @@ def check(config: ml_collections.ConfigDict) -> None:
       raise UserError(f"config {key}={flatten(config)[key]} must be at least 1")
   if not 0.0 <= config.augment.shift < 1.0 or not 0.0 <= config.augment.zoom < 1.0:
     raise UserError("config augment.shift and augment.zoom must lie in [0, 1)")
+  if not 0.0 < config.pseudo.threshold <= 1.0:
+    raise UserError(f"config pseudo.threshold={config.pseudo.threshold} must lie in (0, 1]")
   if config.optimizer.lr <= 0:
     raise UserError(f"config optimizer.lr={config.optimizer.lr} must be positive")
   from dr_jax import augment  # Here, not at the top: loading a config file needs no jax.

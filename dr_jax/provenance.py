@@ -44,7 +44,8 @@ def git_commit() -> str:
 
 
 def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resumed: bool,
-                    train_csv: pathlib.Path, train_digest: str) -> None:
+                    train_csv: pathlib.Path, train_digest: str,
+                    pseudo_labels: dict | None = None) -> None:
   """Writes config.json and provenance.json (a resumed run appends to the provenance list)."""
   atomic_write_bytes(workdir / "config.json", cfg.to_json(indent=2).encode())
   record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
@@ -53,24 +54,45 @@ def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resum
             "host": platform.node(), "machine": platform.machine(),
             "train_data": {"path": str(pathlib.Path(train_csv).resolve()),
                            "sha256": train_digest}}
+  if pseudo_labels:
+    record["pseudo_labels"] = pseudo_labels
   path = workdir / "provenance.json"
   history = json.loads(path.read_text()) if path.exists() and resumed else []
   atomic_write_bytes(path, json.dumps(history + [record], indent=2).encode())
 
 
+def _records(workdir: pathlib.Path) -> list[dict]:
+  """provenance.json's records, oldest first; none where nothing readable was recorded."""
+  try:
+    return json.loads((pathlib.Path(workdir) / "provenance.json").read_text())
+  except (OSError, json.JSONDecodeError):
+    return []
+
+
 def check_train_data(workdir: pathlib.Path, train_csv: pathlib.Path, train_digest: str) -> None:
   """Refuses a train.csv whose digits differ from those the run recorded (older runs pass)."""
-  path = pathlib.Path(workdir) / "provenance.json"
-  try:
-    records = json.loads(path.read_text())
-  except (OSError, json.JSONDecodeError):
-    return  # Nothing recorded to compare with.
+  records = _records(workdir)
   recorded = next((r["train_data"] for r in reversed(records) if "train_data" in r), None)
   if recorded is not None and recorded["sha256"] != train_digest:
     # A different file would rebuild different splits: validation images the run trained on.
     raise UserError(f"{train_csv} holds other digits than the train.csv {workdir} was trained on "
                     f"({recorded['path']}; sha256 {recorded['sha256'][:12]}…, this file "
                     f"{train_digest[:12]}…); pass --data-dir with the run's train.csv")
+
+
+def _pseudo_text(record: dict | None) -> str:
+  return "no pseudo-labels" if record is None else \
+      f"{record['rows']:,} pseudo-labelled rows from {record['teacher']}"
+
+
+def check_pseudo_labels(workdir: pathlib.Path, current: dict | None) -> None:
+  """Refuses to resume a run with other pseudo-labelled training rows than it started with."""
+  records = _records(workdir)
+  recorded = records[-1].get("pseudo_labels") if records else current
+  if recorded != current:
+    raise UserError(f"{workdir} was trained with {_pseudo_text(recorded)}, this config gives "
+                    f"{_pseudo_text(current)}; resume with the pseudo.teacher and "
+                    "pseudo.threshold it started with, or train into a new --workdir")
 
 
 def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:

@@ -283,6 +283,16 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   mesh = parallel.data_mesh(cfg.batch_size)
   primary = distributed.is_primary()
   split = load_split(cfg, data_dir)
+  pseudo_record = None
+  if cfg.pseudo.teacher:
+    from dr_jax import pseudo  # Here: it loads the teacher through predict, which imports us.
+
+    teacher = pathlib.Path(cfg.pseudo.teacher)
+    labels = pseudo.teacher_labels(teacher, data_dir, cfg.pseudo.threshold, cfg.data.nan_policy,
+                                   cfg.data.fill_value)
+    _log(labels.describe(teacher, cfg.pseudo.threshold))
+    split = pseudo.with_rows(split, labels.images, labels.labels)
+    pseudo_record = labels.record(teacher, cfg.pseudo.threshold)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   members, n_train = cfg.ensemble.size, split.train_idx.shape[1]
   everywhere, by_batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -301,6 +311,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   ckpts = checkpoint.Checkpoints(workdir)
   if ckpts.latest_epoch("latest") is not None:
     provenance.check_train_data(workdir, split.source, split.digest)
+    provenance.check_pseudo_labels(workdir, pseudo_record)
     tree, meta = ckpts.restore("latest", target=_ckpt_tree(state))
     state = state.replace(**tree)
     best_vars, best_meta = ckpts.restore("best", target=best_vars)
@@ -314,7 +325,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
          f"{_summary_fields(meta)['best_val_accuracy']:.4f})")
   plateaus = [optim.PlateauState(*p) for p in meta["plateau"]]
   if primary:
-    provenance.write_run_files(workdir, cfg, meta["epoch"] > 0, split.source, split.digest)
+    provenance.write_run_files(workdir, cfg, meta["epoch"] > 0, split.source, split.digest,
+                               pseudo_record)
 
   images, targets = jax.device_put((split.images, data.one_hot(split.labels)), everywhere)
   compile_start = time.time()

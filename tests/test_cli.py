@@ -274,6 +274,14 @@ def test_unknown_config_key_suggests_the_closest(run_cli, data, guarded):
   assert snapshot(guarded) == before
 
 
+def test_a_pseudo_label_teacher_that_was_never_trained(run_cli, data, guarded, tmp_path):
+  before = snapshot(guarded)
+  assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
+                            f"--config.pseudo.teacher={tmp_path / 'none'}"),
+                    "pseudo.teacher=", "has no checkpoints", "train that run first")
+  assert snapshot(guarded) == before
+
+
 def test_wrong_typed_override(run_cli, data, guarded):
   assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             "--config.num_epochs=abc"), "num_epochs=abc", "int")

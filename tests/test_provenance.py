@@ -48,3 +48,20 @@ def test_read_config_of_a_directory_that_is_no_run(tmp_path):
   (tmp_path / "config.json").write_text("{")
   with pytest.raises(UserError, match="not valid JSON"):
     provenance.read_config(tmp_path)
+
+
+def test_check_pseudo_labels_refuses_other_rows_than_the_run_started_with(tmp_path):
+  record = {"teacher": "/runs/default", "threshold": 0.99, "rows": 27397}
+  provenance.check_pseudo_labels(tmp_path, record)  # No provenance.json: nothing to compare.
+  provenance.write_run_files(tmp_path, tiny_config(), False, tmp_path / "train.csv",
+                             "a" * 64, record)
+  provenance.check_pseudo_labels(tmp_path, dict(record))
+  with pytest.raises(UserError, match="trained with 27,397 pseudo-labelled rows from "
+                                      "/runs/default, this config gives no pseudo-labels"):
+    provenance.check_pseudo_labels(tmp_path, None)
+  with pytest.raises(UserError, match="pseudo.threshold it started with"):
+    provenance.check_pseudo_labels(tmp_path, record | {"threshold": 0.9})
+  provenance.write_run_files(tmp_path, tiny_config(), False, tmp_path / "train.csv",
+                             "a" * 64)
+  with pytest.raises(UserError, match="trained with no pseudo-labels, this config gives 27,397"):
+    provenance.check_pseudo_labels(tmp_path, record)

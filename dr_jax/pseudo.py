@@ -1,0 +1,84 @@
+"""Pseudo-labels: a trained teacher run's confident test.csv predictions as extra training rows.
+
+The Kaggle semi-supervised trick: test.csv's images come without answers, but a good model
+labels most of them with near certainty, and those images and labels are more training data.
+Only test images join, only training rows grow; validation stays the labelled train.csv rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from dr_jax import data, predict, train
+from dr_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabels:
+  """Test images the teacher labels with probability ≥ threshold, and what that is worth."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  test_rows: int  # Images in test.csv (after the NaN policy).
+  test_digest: str
+  val_right: int  # The teacher's own validation images at that confidence: right,
+  val_kept: int  # and how many there are;
+  val_total: int  # of all its validation images.
+
+  def describe(self, teacher: pathlib.Path, threshold: float) -> str:
+    """One line for the log: how many rows join, and how often the teacher is right there."""
+    kept = f"{len(self.labels):,} of {self.test_rows:,} test images"
+    if not self.val_kept:
+      return f"pseudo-labels from {teacher}: {kept} at p >= {threshold}"
+    return (f"pseudo-labels from {teacher}: {kept} at p >= {threshold} (on its own validation "
+            f"images at that confidence, {self.val_kept:,} of {self.val_total:,}, the teacher "
+            f"is right {self.val_right / self.val_kept:.2%})")
+
+  def record(self, teacher: pathlib.Path, threshold: float) -> dict:
+    """What provenance.json keeps of them."""
+    return {"teacher": str(pathlib.Path(teacher).resolve()), "threshold": threshold,
+            "rows": len(self.labels), "test_rows": self.test_rows,
+            "test_sha256": self.test_digest,
+            "teacher_val_accuracy_kept": self.val_right / max(self.val_kept, 1),
+            "teacher_val_kept": self.val_kept}
+
+
+def confident(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+  """Rows whose top class has probability at least `threshold`."""
+  return probabilities.max(axis=1) >= threshold
+
+
+def teacher_labels(teacher: pathlib.Path, data_dir: pathlib.Path, threshold: float,
+                   nan_policy: str = "error", fill_value: int = 0) -> PseudoLabels:
+  """Labels test.csv with a trained run (softmax of its best checkpoint, its own predict.tta)."""
+  if not (pathlib.Path(teacher) / "checkpoints").is_dir():
+    raise UserError(f"pseudo.teacher={teacher} has no checkpoints: train that run first, e.g. "
+                    f"`dr-jax run --workdir {teacher}`")
+  predictor = predict.load_predictor(teacher)
+  test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
+                       nan_policy=nan_policy, fill_value=fill_value)
+  probs = predictor.probabilities(test.images)
+  keep = confident(probs, threshold)
+  # How trustworthy those labels are, measured where the answers are known and the teacher
+  # never trained: its own validation split.
+  _, split = train.load_run_split(teacher, data_dir)
+  val = split.val
+  val_probs = predictor.probabilities(val.images)
+  val_keep = confident(val_probs, threshold)
+  right = int((val_probs.argmax(axis=1) == val.labels)[val_keep].sum())
+  return PseudoLabels(test.images[keep], probs.argmax(axis=1)[keep].astype(val.labels.dtype),
+                      len(test.images), data.digest(test), right, int(val_keep.sum()),
+                      len(val.labels))
+
+
+def with_rows(split: train.Split, images: np.ndarray, labels: np.ndarray) -> train.Split:
+  """The split with extra training rows for every member; validation rows unchanged."""
+  n = len(split.images)
+  extra = np.broadcast_to(np.arange(n, n + len(labels)), (split.train_idx.shape[0], len(labels)))
+  return dataclasses.replace(
+      split, images=np.concatenate([split.images, images]),
+      labels=np.concatenate([split.labels, labels]),
+      train_idx=np.concatenate([split.train_idx, extra], axis=1))
