@@ -81,6 +81,7 @@ def check_train_data(workdir: pathlib.Path, train_csv: pathlib.Path, train_diges
 
 
 def _pseudo_text(record: dict | None) -> str:
+  """A pseudo-labels record as words for an error message."""
   return "no pseudo-labels" if record is None else \
       f"{record['rows']:,} pseudo-labelled rows from {record['teacher']}"
 
