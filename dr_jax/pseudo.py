@@ -20,6 +20,8 @@ from dr_jax.errors import UserError
 class PseudoLabels:
   """Test images the teacher labels with probability ≥ threshold, and what that is worth."""
 
+  teacher: pathlib.Path
+  threshold: float
   images: np.ndarray
   labels: np.ndarray
   test_rows: int  # Images in test.csv (after the NaN policy).
@@ -28,18 +30,18 @@ class PseudoLabels:
   val_kept: int  # and how many there are;
   val_total: int  # of all its validation images.
 
-  def describe(self, teacher: pathlib.Path, threshold: float) -> str:
+  def describe(self) -> str:
     """One line for the log: how many rows join, and how often the teacher is right there."""
-    kept = f"{len(self.labels):,} of {self.test_rows:,} test images"
+    line = (f"pseudo-labels from {self.teacher}: {len(self.labels):,} of {self.test_rows:,} "
+            f"test images at p >= {self.threshold}")
     if not self.val_kept:
-      return f"pseudo-labels from {teacher}: {kept} at p >= {threshold}"
-    return (f"pseudo-labels from {teacher}: {kept} at p >= {threshold} (on its own validation "
-            f"images at that confidence, {self.val_kept:,} of {self.val_total:,}, the teacher "
-            f"is right {self.val_right / self.val_kept:.2%})")
+      return line
+    return (f"{line} (on its own validation images at that confidence, {self.val_kept:,} of "
+            f"{self.val_total:,}, the teacher is right {self.val_right / self.val_kept:.2%})")
 
-  def record(self, teacher: pathlib.Path, threshold: float) -> dict:
+  def record(self) -> dict:
     """What provenance.json keeps of them."""
-    return {"teacher": str(pathlib.Path(teacher).resolve()), "threshold": threshold,
+    return {"teacher": str(self.teacher.resolve()), "threshold": self.threshold,
             "rows": len(self.labels), "test_rows": self.test_rows,
             "test_sha256": self.test_digest,
             "teacher_val_accuracy_kept": self.val_right / max(self.val_kept, 1),
@@ -69,7 +71,7 @@ def teacher_labels(teacher: pathlib.Path, data_dir: pathlib.Path, threshold: flo
   val_probs = predictor.probabilities(val.images)
   val_keep = confident(val_probs, threshold)
   right = int((val_probs.argmax(axis=1) == val.labels)[val_keep].sum())
-  return PseudoLabels(test.images[keep], probs.argmax(axis=1)[keep].astype(val.labels.dtype),
+  return PseudoLabels(pathlib.Path(teacher), threshold, test.images[keep], probs.argmax(axis=1)[keep].astype(val.labels.dtype),
                       len(test.images), data.digest(test), right, int(val_keep.sum()),
                       len(val.labels))
 

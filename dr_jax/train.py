@@ -287,12 +287,11 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   if cfg.pseudo.teacher:
     from dr_jax import pseudo  # Here: it loads the teacher through predict, which imports us.
 
-    teacher = pathlib.Path(cfg.pseudo.teacher)
-    labels = pseudo.teacher_labels(teacher, data_dir, cfg.pseudo.threshold, cfg.data.nan_policy,
-                                   cfg.data.fill_value)
-    _log(labels.describe(teacher, cfg.pseudo.threshold))
+    labels = pseudo.teacher_labels(pathlib.Path(cfg.pseudo.teacher), data_dir,
+                                   cfg.pseudo.threshold, cfg.data.nan_policy, cfg.data.fill_value)
+    _log(labels.describe())
     split = pseudo.with_rows(split, labels.images, labels.labels)
-    pseudo_record = labels.record(teacher, cfg.pseudo.threshold)
+    pseudo_record = labels.record()
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   members, n_train = cfg.ensemble.size, split.train_idx.shape[1]
   everywhere, by_batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
