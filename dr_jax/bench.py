@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import data, optim, parallel, predict, steps, train
+from dr_jax import build, data, optim, parallel, predict, steps, train
 from dr_jax.errors import UserError
 
 
@@ -75,7 +75,7 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
   state = train.init_state(cfg, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
-  pre = train.preprocess(cfg, 0.0, 255.0, train=True)
+  pre = build.preprocess(cfg, 0.0, 255.0, train=True)
   mesh = parallel.data_mesh(batch)
   state, images, targets = jax.device_put((state, images, targets), parallel.replicated(mesh))
   by_batch = parallel.batch_sharded(mesh)
@@ -107,7 +107,7 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
 def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
   """FLOPs of one train step per image (and member), from XLA's cost analysis."""
   members = cfg.ensemble.size
-  one = jax.jit(train.member_map(
+  one = jax.jit(build.member_map(
       lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre), members,
       (0, 0, 0), cfg.ensemble.vectorize))
   lowered = one.lower(state, jnp.zeros((members, 1, batch), jnp.int32),
@@ -119,10 +119,10 @@ def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
 
 def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
   """Images/s of the real predict path (`Predictor.probabilities`) on `n` synthetic images."""
-  model = train.build_model(cfg)
+  model = build.model(cfg)
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
-  predictor = predict.Predictor(model.apply, train.variables(state),
-                                train.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
+  predictor = predict.Predictor(model.apply, steps.variables(state),
+                                build.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
                                 epoch=0, val_accuracy=0.0, vectorize=cfg.ensemble.vectorize,
                                 fast_cpu=cfg.train.fast_cpu)
   images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)

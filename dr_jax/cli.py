@@ -204,9 +204,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
     print(f"accuracy: {predict.score(args.submission, _answers(args)):.5f}")
   elif args.command == "summary":
-    from dr_jax import models, train
+    from dr_jax import build, models
 
-    print(models.summary(train.build_model(_config(args.config, overrides))))
+    print(models.summary(build.model(_config(args.config, overrides))))
   elif args.command == "run":
     _run_all(args, overrides)
   elif args.command == "bench":

@@ -178,7 +178,7 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
   return flat
 
 
-VECTORIZE = ("auto", "vmap", "loop")  # How ensemble members share a program; train.loops_members.
+VECTORIZE = ("auto", "vmap", "loop")  # How members share a program: build.loops_members.
 
 
 def check(config: ml_collections.ConfigDict) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 
-from dr_jax import (augment, checkpoint, data, distributed, parallel, provenance, steps, train,
+from dr_jax import (augment, build, checkpoint, data, distributed, parallel, provenance, steps,
                     xla)
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
@@ -29,7 +29,7 @@ class Predictor:
   members: int
   epoch: int
   val_accuracy: float
-  vectorize: str = "auto"  # How members are mapped: see train.loops_members.
+  vectorize: str = "auto"  # How members are mapped: see build.loops_members.
   fast_cpu: bool = True  # XLA:CPU compiler options, as in training: see xla.py.
   tta: int = 1  # The run's predict.tta: test-time transforms when a call names none.
 
@@ -83,7 +83,7 @@ def _member_logits(fast_cpu: bool) -> Callable:
                     pre: steps.Preprocess, members: int, vectorize: str) -> jax.Array:
     """Every member's logits, mapped over members and batched over images."""
     one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
-    return train.member_map(one, members, (0,), vectorize)(variables)
+    return build.member_map(one, members, (0,), vectorize)(variables)
 
   return jax.jit(member_logits, static_argnames=("apply_fn", "pre", "members", "vectorize"),
                  compiler_options=xla.compiler_options(fast_cpu))
@@ -99,7 +99,7 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   """Rebuilds the run's model from its saved config and restores the `kind` checkpoint."""
   workdir = pathlib.Path(workdir)
   cfg = provenance.read_config(workdir)
-  model = train.build_model(cfg)
+  model = build.model(cfg)
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
     tree, meta = ckpts.restore(kind)
   # Both kinds hold params (and batch_stats); `latest` also holds the optimizer state.
@@ -108,7 +108,7 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
     variables["batch_stats"] = tree["batch_stats"]
   shift, scale = meta["norm"]
   return Predictor(model.apply, variables,
-                   train.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
+                   build.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
                    int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])),
                    # Runs trained before these options existed lack them.
                    cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True),
@@ -144,8 +144,7 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
   for workdir in workdirs:
     predictor = load_predictor(workdir)
     cfg = provenance.read_config(workdir)
-    test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
-                         nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+    test = build.load_test(cfg, data_dir)
     probs = predictor.members * predictor.probabilities(test.images, tta=tta, vote=vote)
     if total is not None and probs.shape != total.shape:
       raise UserError(f"{workdir}: its data settings keep {len(probs)} test images, the runs "
@@ -194,7 +193,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   for tta in ttas:
     augment.check_tta(tta, f"--tta {tta}")
   predictor = load_predictor(workdir)
-  cfg, split = train.load_run_split(workdir, data_dir)
+  cfg, split = build.load_run_split(workdir, data_dir)
   member_errors = np.zeros((len(ttas), predictor.members), np.int64)
   shared = predictor.members > 1 and not cfg.ensemble.own_split
   ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None

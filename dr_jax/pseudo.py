@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+import ml_collections
 import numpy as np
 
-from dr_jax import data, predict, train
+from dr_jax import build, data, predict
 from dr_jax.errors import UserError
 
 
@@ -53,30 +54,29 @@ def confident(probabilities: np.ndarray, threshold: float) -> np.ndarray:
   return probabilities.max(axis=1) >= threshold
 
 
-def teacher_labels(teacher: pathlib.Path, data_dir: pathlib.Path, threshold: float,
-                   nan_policy: str = "error", fill_value: int = 0) -> PseudoLabels:
-  """Labels test.csv with a trained run (softmax of its best checkpoint, its own predict.tta)."""
-  if not (pathlib.Path(teacher) / "checkpoints").is_dir():
-    raise UserError(f"pseudo.teacher={teacher} has no checkpoints: train that run first, e.g. "
-                    f"`dr-jax run --workdir {teacher}`")
-  predictor = predict.load_predictor(teacher)
-  test = data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
-                       nan_policy=nan_policy, fill_value=fill_value)
+def teacher_labels(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> PseudoLabels:
+  """Labels test.csv with the run `cfg.pseudo.teacher` (its best checkpoint and predict.tta)."""
+  teacher, threshold = pathlib.Path(cfg.pseudo.teacher), cfg.pseudo.threshold
+  try:
+    predictor = predict.load_predictor(teacher)
+  except UserError as e:  # Its message names the teacher's files; this says where they came from.
+    raise UserError(f"pseudo.teacher={teacher}: {e}") from None
+  test = build.load_test(cfg, data_dir)
   probs = predictor.probabilities(test.images)
   keep = confident(probs, threshold)
   # How trustworthy those labels are, measured where the answers are known and the teacher
   # never trained: its own validation split.
-  _, split = train.load_run_split(teacher, data_dir)
+  _, split = build.load_run_split(teacher, data_dir)
   val = split.val
   val_probs = predictor.probabilities(val.images)
   val_keep = confident(val_probs, threshold)
   right = int((val_probs.argmax(axis=1) == val.labels)[val_keep].sum())
-  return PseudoLabels(pathlib.Path(teacher), threshold, test.images[keep], probs.argmax(axis=1)[keep].astype(val.labels.dtype),
-                      len(test.images), data.digest(test), right, int(val_keep.sum()),
-                      len(val.labels))
+  return PseudoLabels(teacher, threshold, test.images[keep],
+                      probs.argmax(axis=1)[keep].astype(val.labels.dtype), len(test.images),
+                      data.digest(test), right, int(val_keep.sum()), len(val.labels))
 
 
-def with_rows(split: train.Split, images: np.ndarray, labels: np.ndarray) -> train.Split:
+def with_rows(split: build.Split, images: np.ndarray, labels: np.ndarray) -> build.Split:
   """The split with extra training rows for every member; validation rows unchanged."""
   n = len(split.images)
   extra = np.broadcast_to(np.arange(n, n + len(labels)), (split.train_idx.shape[0], len(labels)))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tensorboardX import SummaryWriter
 
-from dr_jax import data, predict, steps, train
+from dr_jax import build, data, predict, steps
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_bytes, atomic_write_text
 
@@ -219,7 +219,7 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   records = read_metrics(workdir)
   # The split is rebuilt from the run's own config so "validation" means the same images.
-  cfg, split = train.load_run_split(workdir, data_dir)
+  cfg, split = build.load_run_split(workdir, data_dir)
   predictor = predict.load_predictor(workdir)
   images, labels = split.val.images, split.val.labels
   own_split = cfg.ensemble.own_split and predictor.members > 1

@@ -38,7 +38,9 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Ar
                            batch_stats=variables.get("batch_stats", {}))
 
 
-def _variables(state: TrainState, params: Any) -> dict:
+def variables(state: TrainState, params: Any = None) -> dict:
+  """The model variables: `params` (default: the state's) and batch statistics if it has them."""
+  params = state.params if params is None else params
   return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else \
       {"params": params}
 
@@ -52,7 +54,7 @@ def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: ja
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):
-    out = state.apply_fn(_variables(state, params), x, train=True, rngs={"dropout": dropout_key},
+    out = state.apply_fn(variables(state, params), x, train=True, rngs={"dropout": dropout_key},
                          mutable=["batch_stats"] if has_bn else False)
     logits, updates = out if has_bn else (out, {})
     loss = optax.softmax_cross_entropy(logits, targets).mean()

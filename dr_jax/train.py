@@ -7,7 +7,6 @@ runs exactly the single-model program.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -22,9 +21,9 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from dr_jax import (augment, checkpoint, data, distributed, interrupts, models, optim, parallel,
-                    provenance, steps, xla)
-from dr_jax.config import VECTORIZE, check, flatten
+from dr_jax import (build, checkpoint, data, distributed, interrupts, models, optim, parallel,
+                    provenance, pseudo, steps, xla)
+from dr_jax.config import check, flatten
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
@@ -33,99 +32,11 @@ class TrainingDiverged(UserError):
   """The loss became NaN or infinite."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """All labelled images, each member's train/validation rows, and the normalisation."""
-
-  images: np.ndarray
-  labels: np.ndarray
-  train_idx: np.ndarray  # (members, n_train)
-  val_idx: np.ndarray  # (members, n_val)
-  shift: float
-  scale: float
-  source: pathlib.Path  # The train.csv it came from,
-  digest: str  # and its digits' `data.digest`, recorded in provenance.json.
-
-  @property
-  def val(self) -> data.Digits:
-    """The first member's validation set (every member's, unless ensemble.own_split)."""
-    return data.Digits(self.images[self.val_idx[0]], self.labels[self.val_idx[0]])
-
-
-def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
-  """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
-  source = data.find_csv(data_dir, "train.csv")
-  digits = data.load_csv(source, with_labels=True, nan_policy=cfg.data.nan_policy,
-                         fill_value=cfg.data.fill_value)
-  images, labels = digits.images, digits.labels
-  if cfg.data.subset:
-    images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
-  members = cfg.ensemble.size
-  seeds = [cfg.seed + m if cfg.ensemble.own_split else cfg.seed for m in range(members)]
-  parts = [data.split_indices(labels, cfg.data.val_fraction, seed) for seed in seeds]
-  train_idx = np.stack([p[0] for p in parts])
-  shift, scale = data.normalization_stats(images[train_idx[0]], cfg.data.normalization)
-  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale, source,
-               data.digest(digits))
-
-
-def load_run_split(workdir: pathlib.Path,
-                   data_dir: pathlib.Path) -> tuple[ml_collections.ConfigDict, Split]:
-  """A trained run's config and its splits, rebuilt from a train.csv that must hold its digits."""
-  cfg = provenance.read_config(workdir)
-  split = load_split(cfg, data_dir)
-  provenance.check_train_data(workdir, split.source, split.digest)
-  return cfg, split
-
-
-def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
-               train: bool) -> steps.Preprocess:
-  """The static preprocessing of a run; augmentation only for training."""
-  a = cfg.augment
-  aug = augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip) if train else \
-      augment.AugmentConfig()
-  return steps.Preprocess(aug, shift, scale)
-
-
-def build_model(cfg: ml_collections.ConfigDict):
-  """The configured Flax module."""
-  return models.create_model(cfg.model.name, cfg.model.dtype, **cfg.model.kwargs.to_dict())
-
-
-def loops_members(vectorize: str) -> bool:
-  """Whether members run as an unrolled loop in the program instead of `jax.vmap`.
-
-  `auto` loops on CPU: vmapped convolutions become grouped convolutions, which XLA:CPU runs
-  at about half the single-model rate per member (`dr-jax bench` on an ensemble config shows
-  it); on GPU/TPU vmap is the faster choice.
-  """
-  if vectorize not in VECTORIZE:
-    raise UserError(f"ensemble.vectorize={vectorize!r} is not one of {', '.join(VECTORIZE)}")
-  return vectorize == "loop" or (vectorize == "auto" and jax.default_backend() == "cpu")
-
-
-def member_map(fn: Callable, members: int, in_axes: tuple, vectorize: str = "auto") -> Callable:
-  """Maps `fn` over the leading member axis: `jax.vmap`, or an unrolled loop (see above).
-
-  One member always takes the loop, which keeps a single model on exactly the program it
-  would have without ensembles.
-  """
-  if members > 1 and not loops_members(vectorize):
-    return jax.vmap(fn, in_axes=in_axes)
-
-  def looped(*args):
-    outs = [fn(*[jax.tree.map(lambda x: x[m], a) if axis == 0 else a
-                 for a, axis in zip(args, in_axes)]) for m in range(members)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-
-  return looped
-
-
 def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.TrainState:
   """Independently initialised members, stacked along a leading axis."""
-  model = build_model(cfg)
+  model = build.model(cfg)
   keys = jax.random.split(key, cfg.ensemble.size)
-  return member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,),
+  return build.member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,),
                     cfg.ensemble.vectorize)(keys)
 
 
@@ -156,7 +67,7 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
   donated so parameters are updated in place. Batch indices are `(members, size, batch)`.
   """
   members = cfg.ensemble.size
-  step = member_map(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
+  step = build.member_map(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
                     members, (0, None, None, 0, 0), cfg.ensemble.vectorize)
   # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
   fn = jax.jit(step, donate_argnums=0,
@@ -177,7 +88,7 @@ def _with_data(compiled, images: jax.Array, targets: jax.Array) -> Callable:
 class Evaluator:
   """Jitted evaluation of every member on its own validation rows (one compile per run)."""
 
-  def __init__(self, split: Split, images: jax.Array, targets: jax.Array, batch_size: int,
+  def __init__(self, split: build.Split, images: jax.Array, targets: jax.Array, batch_size: int,
                pre: steps.Preprocess, apply_fn: Callable, members: int, vectorize: str,
                fast_cpu: bool):
     n_val = split.val_idx.shape[1]
@@ -196,7 +107,7 @@ class Evaluator:
       metrics, logits = steps.eval_step(apply_fn, variables, images[idx], targets[idx], mask, pre)
       return metrics, jax.nn.softmax(logits)
 
-    self._step = jax.jit(member_map(member_eval, members, (0, 0, 0, None), vectorize),
+    self._step = jax.jit(build.member_map(member_eval, members, (0, 0, 0, None), vectorize),
                          compiler_options=xla.compiler_options(fast_cpu))
 
   def __call__(self, variables: dict) -> dict[str, Any]:
@@ -213,14 +124,6 @@ class Evaluator:
       mean = np.concatenate(jax.device_get(probs), axis=1).mean(axis=0)[: len(self.val_labels)]
       result["ensemble_accuracy"] = float((mean.argmax(-1) == self.val_labels).mean())
     return result
-
-
-def variables(state: steps.TrainState) -> dict:
-  """The inference variables (params, and batch statistics when the model has them)."""
-  v = {"params": state.params}
-  if state.batch_stats:
-    v["batch_stats"] = state.batch_stats
-  return v
 
 
 _BEST_KEYS = ("member_best_epoch", "member_best_val_accuracy", "member_best_val_loss")
@@ -282,13 +185,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
   primary = distributed.is_primary()
-  split = load_split(cfg, data_dir)
+  split = build.load_split(cfg, data_dir)
   pseudo_record = None
   if cfg.pseudo.teacher:
-    from dr_jax import pseudo  # Here: it loads the teacher through predict, which imports us.
-
-    labels = pseudo.teacher_labels(pathlib.Path(cfg.pseudo.teacher), data_dir,
-                                   cfg.pseudo.threshold, cfg.data.nan_policy, cfg.data.fill_value)
+    labels = pseudo.teacher_labels(cfg, data_dir)
     _log(labels.describe())
     split = pseudo.with_rows(split, labels.images, labels.labels)
     pseudo_record = labels.record()
@@ -298,13 +198,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   steps_per_epoch, n_calls, n_tail = _epoch_plan(n_train, cfg)
   k = cfg.train.steps_per_call if n_calls else 1
 
-  model = build_model(cfg)
+  model = build.model(cfg)
   tx = optim.make_optimizer(cfg, steps_per_epoch * cfg.num_epochs)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
   # Parameters and optimizer state are replicated; XLA all-reduces the gradients. Initialised
   # inside jit so every process of a multi-host run builds its part of the same global arrays.
   state = jax.jit(lambda key: init_state(cfg, tx, key), out_shardings=everywhere)(init_key)
-  best_vars = jax.tree.map(jnp.copy, variables(state))  # A copy: the state gets donated.
+  best_vars = jax.tree.map(jnp.copy, steps.variables(state))  # A copy: the state gets donated.
   meta = _fresh_meta(cfg)
 
   ckpts = checkpoint.Checkpoints(workdir)
@@ -330,10 +230,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   images, targets = jax.device_put((split.images, data.one_hot(split.labels)), everywhere)
   compile_start = time.time()
   compiled = compile_train_steps(cfg, state, images, targets, by_batch,
-                                 preprocess(cfg, split.shift, split.scale, train=True),
+                                 build.preprocess(cfg, split.shift, split.scale, train=True),
                                  sizes={k, 1 if n_tail else k})
   evaluate = Evaluator(split, images, targets, cfg.train.eval_batch_size,
-                       preprocess(cfg, split.shift, split.scale, train=False), model.apply, members,
+                       build.preprocess(cfg, split.shift, split.scale, train=False), model.apply, members,
                        cfg.ensemble.vectorize, cfg.train.fast_cpu)
   make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
                                                                  cfg.batch_size)),
@@ -361,7 +261,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
         batch_idx, keys = make_batches(member_keys, train_idx)
         state, train_metrics, seconds = _run_epoch(state, compiled, batch_idx, keys, k, epoch,
                                                    cfg.num_epochs, workdir, by_batch, stop)
-        val = evaluate(variables(state))
+        val = evaluate(steps.variables(state))
         lr_used = np.asarray(jax.device_get(state.opt_state.hyperparams["learning_rate"]))
         plateaus = [optim.plateau_update(
             p, float(acc), factor=cfg.schedule.factor, patience=cfg.schedule.patience,
@@ -378,7 +278,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                     improved, val["loss"], meta["member_best_val_loss"]).tolist(),
                 "norm": [split.shift, split.scale]}
         if improved.any():
-          best_vars = _keep_best(best_vars, variables(state), improved)
+          best_vars = _keep_best(best_vars, steps.variables(state), improved)
         record = {"epoch": epoch, "train_loss": train_metrics["loss"],
                   "train_accuracy": train_metrics["accuracy"],
                   "val_loss": float(np.mean(val["loss"])),

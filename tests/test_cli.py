@@ -278,7 +278,7 @@ def test_a_pseudo_label_teacher_that_was_never_trained(run_cli, data, guarded, t
   before = snapshot(guarded)
   assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             f"--config.pseudo.teacher={tmp_path / 'none'}"),
-                    "pseudo.teacher=", "has no checkpoints", "train that run first")
+                    "pseudo.teacher=", "not a dr_jax run directory", "train first")
   assert snapshot(guarded) == before
 
 

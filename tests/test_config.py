@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from dr_jax import config as config_mod
-from dr_jax import train
+from dr_jax import build
 from dr_jax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_experiment_is_a_valid_delta_of_the_base_config(path):
   general = lambda cfg: {k for k in config_mod.flatten(cfg) if not k.startswith("model.kwargs.")}
   assert general(c) == general(config_mod.get_base_config())
   config_mod.check(c)
-  train.build_model(c)
+  build.model(c)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))

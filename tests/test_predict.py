@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_jax import config, data, optim, predict, train
+from dr_jax import build, config, data, optim, predict, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -20,8 +20,8 @@ def _predictor(members=1):
   cfg.model.kwargs.dense = 32
   cfg.ensemble.size = members
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
-  return predict.Predictor(train.build_model(cfg).apply, train.variables(state),
-                           train.preprocess(cfg, 0.0, 255.0, train=False), members, 1, 0.5)
+  return predict.Predictor(build.model(cfg).apply, steps.variables(state),
+                           build.preprocess(cfg, 0.0, 255.0, train=False), members, 1, 0.5)
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (13, 28, 28, 1), dtype=np.uint8)
@@ -166,7 +166,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
   np.testing.assert_allclose(1 - result.member_errors[0] / 30, best, atol=1e-6)
   assert (result.ensemble_errors is None) == own_split
   if not own_split:
-    val = train.load_split(cfg, data_dir).val
+    val = build.load_split(cfg, data_dir).val
     probs = predict.load_predictor(workdir).probabilities(val.images, tta=3)
     assert result.ensemble_errors[1] == (probs.argmax(-1) != val.labels).sum()
   table = result.table().splitlines()

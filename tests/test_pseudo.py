@@ -2,13 +2,14 @@
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dr_jax import data, predict, pseudo, train
+from dr_jax import build, data, predict, pseudo, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -19,6 +20,12 @@ def teacher(tmp_path_factory, data_dir) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("teacher") / "run"
   train.train_and_evaluate(tiny_config(num_epochs=2), workdir, data_dir)
   return workdir
+
+
+def _student(teacher: pathlib.Path, threshold: float, **overrides):
+  """A tiny config that learns from `teacher`'s test labels at `threshold`."""
+  return tiny_config(**{"pseudo.teacher": str(teacher), "pseudo.threshold": threshold},
+                     **overrides)
 
 
 def test_confident_keeps_rows_whose_top_class_reaches_the_threshold():
@@ -36,7 +43,7 @@ def test_with_rows_adds_the_same_training_rows_to_every_member_and_keeps_validat
   images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, n).astype(np.int32)
   orders = [rng.permutation(n) for _ in range(members)]
-  split = train.Split(images, labels, np.stack([o[: n - 5] for o in orders]),
+  split = build.Split(images, labels, np.stack([o[: n - 5] for o in orders]),
                       np.stack([o[n - 5:] for o in orders]), 0.0, 255.0,
                       pathlib.Path("train.csv"), "digest")
   new_images = rng.integers(0, 256, (extra, 28, 28, 1), dtype=np.uint8)
@@ -54,7 +61,7 @@ def test_with_rows_adds_the_same_training_rows_to_every_member_and_keeps_validat
 
 def test_teacher_labels_are_its_confident_predictions_and_repeat_exactly(teacher, data_dir):
   threshold = 0.6
-  labels = pseudo.teacher_labels(teacher, data_dir, threshold)
+  labels = pseudo.teacher_labels(_student(teacher, threshold), data_dir)
   test = data.load_csv(data_dir / "test.csv", with_labels=False)
   probs = predict.load_predictor(teacher).probabilities(test.images)
   keep = probs.max(axis=1) >= threshold
@@ -62,13 +69,13 @@ def test_teacher_labels_are_its_confident_predictions_and_repeat_exactly(teacher
   np.testing.assert_array_equal(labels.images, test.images[keep])
   np.testing.assert_array_equal(labels.labels, probs.argmax(axis=1)[keep])
   # The teacher's record on its own validation split (30 images) at the same confidence.
-  _, split = train.load_run_split(teacher, data_dir)
+  _, split = build.load_run_split(teacher, data_dir)
   val_probs = predict.load_predictor(teacher).probabilities(split.val.images)
   val_keep = val_probs.max(axis=1) >= threshold
   assert (labels.val_kept, labels.val_total) == (val_keep.sum(), 30)
   assert labels.val_right == (val_probs.argmax(axis=1) == split.val.labels)[val_keep].sum()
   assert labels.test_digest == data.digest(test)
-  again = pseudo.teacher_labels(teacher, data_dir, threshold)
+  again = pseudo.teacher_labels(_student(teacher, threshold), data_dir)
   np.testing.assert_array_equal(again.labels, labels.labels)
   line = labels.describe()
   assert f"{keep.sum()} of 20 test images at p >= 0.6" in line and "right" in line
@@ -76,8 +83,8 @@ def test_teacher_labels_are_its_confident_predictions_and_repeat_exactly(teacher
 
 def test_training_with_a_teacher_grows_only_the_training_rows(teacher, data_dir, tmp_path,
                                                                capsys):
-  cfg = tiny_config(num_epochs=1, **{"pseudo.teacher": str(teacher), "pseudo.threshold": 0.6})
-  expected = pseudo.teacher_labels(teacher, data_dir, 0.6)
+  cfg = _student(teacher, 0.6, num_epochs=1)
+  expected = pseudo.teacher_labels(cfg, data_dir)
   train.train_and_evaluate(cfg, tmp_path / "student", data_dir)
   assert f"{270 + len(expected.labels)} train / 30 val images" in capsys.readouterr().err
   record = json.loads((tmp_path / "student" / "provenance.json").read_text())[-1]
@@ -85,20 +92,26 @@ def test_training_with_a_teacher_grows_only_the_training_rows(teacher, data_dir,
   assert record["pseudo_labels"]["teacher"] == str(teacher.resolve())
 
 
-def test_a_teacher_that_was_never_trained_is_refused_before_any_work(data_dir, tmp_path):
-  cfg = tiny_config(**{"pseudo.teacher": str(tmp_path / "nothing")})
-  with pytest.raises(UserError, match="has no checkpoints: train that run first"):
-    train.train_and_evaluate(cfg, tmp_path / "student", data_dir)
+@pytest.mark.parametrize("stage,message", [
+    ("missing", "not a dr_jax run directory"),  # A wrong path.
+    ("configured", "no best checkpoint"),  # Stopped before its first epoch ended.
+])
+def test_a_teacher_that_was_never_trained_is_refused_before_any_work(teacher, data_dir, tmp_path,
+                                                                      stage, message):
+  untrained = tmp_path / "untrained"
+  if stage == "configured":
+    untrained.mkdir()
+    (untrained / "config.json").write_bytes((teacher / "config.json").read_bytes())
+  with pytest.raises(UserError, match=f"^pseudo.teacher={re.escape(str(untrained))}: .*{message}.*train first"):
+    train.train_and_evaluate(_student(untrained, 0.99), tmp_path / "student", data_dir)
   assert not (tmp_path / "student").exists()
 
 
 def test_resuming_with_another_threshold_is_refused_and_changes_nothing(teacher, data_dir,
                                                                         tmp_path):
   student = tmp_path / "student"
-  overrides = {"pseudo.teacher": str(teacher), "pseudo.threshold": 0.6}
-  train.train_and_evaluate(tiny_config(num_epochs=1, **overrides), student, data_dir)
+  train.train_and_evaluate(_student(teacher, 0.6, num_epochs=1), student, data_dir)
   before = {p: p.read_bytes() for p in student.rglob("*") if p.is_file()}
   with pytest.raises(UserError, match="pseudo-labelled rows from .* this config gives"):
-    train.train_and_evaluate(tiny_config(num_epochs=2, **overrides | {"pseudo.threshold": 0.3}),
-                             student, data_dir)
+    train.train_and_evaluate(_student(teacher, 0.3, num_epochs=2), student, data_dir)
   assert {p: p.read_bytes() for p in student.rglob("*") if p.is_file()} == before

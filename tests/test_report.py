@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dr_jax import cli, models, predict, provenance, report, steps, train
+from dr_jax import build, cli, models, predict, provenance, report, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -78,7 +78,7 @@ def test_tensorboard_gets_the_confusion_matrix(reported):
 
 def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_dir):
   workdir, _ = reported
-  split = train.load_split(provenance.read_config(workdir), data_dir)
+  split = build.load_split(provenance.read_config(workdir), data_dir)
   predictor = predict.load_predictor(workdir)
   predicted = predictor.probabilities(split.val.images).argmax(axis=-1)
   counts = report.confusion_counts(split.val.labels, predicted)

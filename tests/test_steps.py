@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import augment, config, data, optim, steps, train
+from dr_jax import augment, build, config, data, optim, steps
 
 PRE = steps.Preprocess(augment.AugmentConfig(rotation=10, zoom=0.1, shift=0.1), 0.0, 255.0)
 
@@ -15,7 +15,7 @@ PRE = steps.Preprocess(augment.AugmentConfig(rotation=10, zoom=0.1, shift=0.1), 
 def _setup(batch_norm=False, n=64):
   cfg = config.get_base_config()
   cfg.model.kwargs.batch_norm = batch_norm
-  model = train.build_model(cfg)
+  model = build.model(cfg)
   state = steps.create_state(model, optim.make_optimizer(cfg, 100), jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import checkpoint, config, data, optim, parallel, steps, train
+from dr_jax import build, checkpoint, config, data, optim, parallel, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -229,7 +229,7 @@ def test_ensemble_equals_members_trained_alone(vectorize):
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 64)))
   idx = jnp.asarray(rng.integers(0, 64, (3, 2, 8)), jnp.int32)
   keys = jax.random.split(jax.random.key(1), (3, 2))
-  pre = train.preprocess(cfg, 0.0, 255.0, train=True)
+  pre = build.preprocess(cfg, 0.0, 255.0, train=True)
   mesh = parallel.data_mesh(8)
   fused = train.compile_train_steps(cfg, stacked, images, targets, parallel.batch_sharded(mesh),
                                     pre, {2})[2]
@@ -252,25 +252,11 @@ def test_vmap_and_loop_initialise_the_same_members():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_auto_loops_members_on_cpu_only():
-  assert train.loops_members("auto") == (jax.default_backend() == "cpu")
-  assert train.loops_members("loop") and not train.loops_members("vmap")
-
-
 def test_members_are_initialised_independently():
   cfg = _cfg(**{"ensemble.size": 2})
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
   kernel = state.params["Conv_0"]["kernel"]
   assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])
-
-
-def test_own_split_gives_each_member_its_own_validation_rows(data_dir):
-  shared = train.load_split(_cfg(**{"ensemble.size": 2}), data_dir)
-  own = train.load_split(_cfg(**{"ensemble.size": 2, "ensemble.own_split": True}), data_dir)
-  assert (shared.val_idx[0] == shared.val_idx[1]).all()
-  assert not (own.val_idx[0] == own.val_idx[1]).all()
-  for m in range(2):
-    assert not set(own.val_idx[m]) & set(own.train_idx[m])
 
 
 def test_ensemble_run_keeps_each_members_best(tmp_path, data_dir):

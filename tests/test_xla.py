@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import config, data, optim, predict, steps, train, xla
+from dr_jax import build, config, data, optim, predict, steps, train, xla
 
 
 def test_fast_options_only_on_cpu_and_only_when_enabled():
@@ -33,7 +33,7 @@ def test_fast_cpu_step_equals_plain_step(model_name, grad_scale_tol):
   """Loss, logits' gradients and updated parameters agree within float32 reassociation."""
   cfg = _config(model_name)
   cfg.optimizer.name = "sgd"
-  model = train.build_model(cfg)
+  model = build.model(cfg)
   state = steps.create_state(model, optim.make_optimizer(cfg, 10), jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8))
@@ -49,7 +49,7 @@ def test_fast_cpu_step_equals_plain_step(model_name, grad_scale_tol):
     # SGD's update is lr × gradient (Adam's or RMSprop's first step would blow near-zero
     # gradients' float32 noise up to ±lr): the gradients' tolerance below, times lr.
     np.testing.assert_allclose(a, b, atol=cfg.optimizer.lr * 1e-3)
-  variables = train.variables(state)
+  variables = steps.variables(state)
   grad = lambda options: jax.jit(jax.grad(
       lambda p: jnp.sum(model.apply({**variables, "params": p}, images / 255.0) ** 2)),
       compiler_options=options)(state.params)
@@ -67,8 +67,8 @@ def test_fast_cpu_predict_equals_plain_predict(model_name):
   images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
   probs = {}
   for fast in (False, True):
-    predictor = predict.Predictor(train.build_model(cfg).apply, train.variables(state),
-                                  train.preprocess(cfg, 0.0, 255.0, train=False), 1, epoch=0,
+    predictor = predict.Predictor(build.model(cfg).apply, steps.variables(state),
+                                  build.preprocess(cfg, 0.0, 255.0, train=False), 1, epoch=0,
                                   val_accuracy=0.0, fast_cpu=fast)
     probs[fast] = predictor.probabilities(images, batch_size=20)
   np.testing.assert_allclose(probs[True], probs[False], rtol=1e-5, atol=1e-6)

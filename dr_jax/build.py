@@ -1,0 +1,114 @@
+"""What a config builds: the data split, the model, its preprocessing, the map over members.
+
+Training, prediction, validation and pseudo-labelling all rebuild a run from its config with
+these, so each of them sees the same split, model and preprocessing the run was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dr_jax import augment, data, models, provenance, steps
+from dr_jax.config import VECTORIZE
+from dr_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """All labelled images, each member's train/validation rows, and the normalisation."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  train_idx: np.ndarray  # (members, n_train)
+  val_idx: np.ndarray  # (members, n_val)
+  shift: float
+  scale: float
+  source: pathlib.Path  # The train.csv it came from,
+  digest: str  # and its digits' `data.digest`, recorded in provenance.json.
+
+  @property
+  def val(self) -> data.Digits:
+    """The first member's validation set (every member's, unless ensemble.own_split)."""
+    return data.Digits(self.images[self.val_idx[0]], self.labels[self.val_idx[0]])
+
+
+def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
+  """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
+  source = data.find_csv(data_dir, "train.csv")
+  digits = data.load_csv(source, with_labels=True, nan_policy=cfg.data.nan_policy,
+                         fill_value=cfg.data.fill_value)
+  images, labels = digits.images, digits.labels
+  if cfg.data.subset:
+    images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
+  members = cfg.ensemble.size
+  seeds = [cfg.seed + m if cfg.ensemble.own_split else cfg.seed for m in range(members)]
+  parts = [data.split_indices(labels, cfg.data.val_fraction, seed) for seed in seeds]
+  train_idx = np.stack([p[0] for p in parts])
+  shift, scale = data.normalization_stats(images[train_idx[0]], cfg.data.normalization)
+  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale, source,
+               data.digest(digits))
+
+
+def load_run_split(workdir: pathlib.Path,
+                   data_dir: pathlib.Path) -> tuple[ml_collections.ConfigDict, Split]:
+  """A trained run's config and its splits, rebuilt from a train.csv that must hold its digits."""
+  cfg = provenance.read_config(workdir)
+  split = load_split(cfg, data_dir)
+  provenance.check_train_data(workdir, split.source, split.digest)
+  return cfg, split
+
+
+def load_test(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> data.Digits:
+  """test.csv's images under the config's NaN policy (the rows a submission must cover)."""
+  return data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
+                       nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+
+def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
+               train: bool) -> steps.Preprocess:
+  """The static preprocessing of a run; augmentation only for training."""
+  a = cfg.augment
+  aug = augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip) if train else \
+      augment.AugmentConfig()
+  return steps.Preprocess(aug, shift, scale)
+
+
+def model(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """The configured Flax module."""
+  return models.create_model(cfg.model.name, cfg.model.dtype, **cfg.model.kwargs.to_dict())
+
+
+def loops_members(vectorize: str) -> bool:
+  """Whether members run as an unrolled loop in the program instead of `jax.vmap`.
+
+  `auto` loops on CPU: vmapped convolutions become grouped convolutions, which XLA:CPU runs
+  at about half the single-model rate per member (`dr-jax bench` on an ensemble config shows
+  it); on GPU/TPU vmap is the faster choice.
+  """
+  if vectorize not in VECTORIZE:
+    raise UserError(f"ensemble.vectorize={vectorize!r} is not one of {', '.join(VECTORIZE)}")
+  return vectorize == "loop" or (vectorize == "auto" and jax.default_backend() == "cpu")
+
+
+def member_map(fn: Callable, members: int, in_axes: tuple, vectorize: str = "auto") -> Callable:
+  """Maps `fn` over the leading member axis: `jax.vmap`, or an unrolled loop (see above).
+
+  One member always takes the loop, which keeps a single model on exactly the program it
+  would have without ensembles.
+  """
+  if members > 1 and not loops_members(vectorize):
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def looped(*args):
+    outs = [fn(*[jax.tree.map(lambda x: x[m], a) if axis == 0 else a
+                 for a, axis in zip(args, in_axes)]) for m in range(members)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return looped
