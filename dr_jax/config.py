@@ -74,6 +74,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.steps_per_call = 4  # Steps fused into one jitted call (fewer dispatches).
   c.train.eval_batch_size = 1000
   c.train.fast_cpu = True  # XLA:CPU compiler options that run these CNNs faster; see xla.py.
+  # Stop once no member's validation accuracy improved for this many epochs (0 = never);
+  # Keras' EarlyStopping(patience), for the open-ended plateau schedule.
+  c.train.early_stop = 0
 
   # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
   c.pseudo = ml_collections.ConfigDict()
@@ -193,6 +196,9 @@ def check(config: ml_collections.ConfigDict) -> None:
               "ensemble.size"):
     if flatten(config)[key] < 1:
       raise UserError(f"config {key}={flatten(config)[key]} must be at least 1")
+  if config.train.early_stop < 0:
+    raise UserError(f"config train.early_stop={config.train.early_stop} must be 0 (off) or a "
+                    "number of epochs")
   if not 0.0 <= config.augment.shift < 1.0 or not 0.0 <= config.augment.zoom < 1.0:
     raise UserError("config augment.shift and augment.zoom must lie in [0, 1)")
   if not 0.0 < config.pseudo.threshold <= 1.0:

@@ -144,7 +144,7 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
     answers = data_dir / "test_answers.csv"
     records = report.read_metrics(run.run_dir)
     result.update(best_val_accuracy=summary["best_val_accuracy"],
-                  best_epoch=summary["best_epoch"],
+                  best_epoch=summary["best_epoch"], epochs=summary["epochs"],
                   test_accuracy=predict.score(out, answers) if answers.is_file() else None,
                   images_per_s=float(np.mean([r["images_per_s"] for r in records])))
   # For a resumed run this is the time of the session that finished it (see `resumed`).

@@ -139,6 +139,11 @@ def is_better(accuracy: np.ndarray, loss: np.ndarray, best_accuracy: np.ndarray,
   return (accuracy > best_accuracy) | ((accuracy == best_accuracy) & (loss < best_loss))
 
 
+def stops_early(epoch: int, member_best_epoch: list[int], patience: int) -> bool:
+  """Keras' EarlyStopping over members: none improved in the `patience` epochs up to `epoch`."""
+  return patience > 0 and epoch - max(member_best_epoch) >= patience
+
+
 def _keep_best(best: dict, current: dict, improved: np.ndarray) -> dict:
   """Per member: the current variables where it improved, else its best so far."""
   mask = jnp.asarray(improved)
@@ -249,11 +254,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
        f"epoch; {models.count_params(state.params) // members:,} parameters per member; "
        f"train step compiled in {time.time() - compile_start:.1f}s")
 
-  run_start, first_epoch = time.time(), meta["epoch"]
+  run_start, first_epoch, stopped_early = time.time(), meta["epoch"], False
   # Ctrl-C stops at the next safe point: after a jitted call, or after the epoch's saves.
   with interrupts.StopRequest() as stop:
     try:
       for epoch in range(meta["epoch"] + 1, cfg.num_epochs + 1):
+        # Checked before the epoch, so a resumed run that stopped early stays stopped.
+        if stops_early(meta["epoch"], meta["member_best_epoch"], cfg.train.early_stop):
+          stopped_early = True
+          _log(f"stopping after epoch {meta['epoch']}: no member's validation accuracy improved "
+               f"since epoch {max(meta['member_best_epoch'])} (train.early_stop="
+               f"{cfg.train.early_stop})")
+          break
         if optim.is_per_epoch(cfg):
           lrs = np.array([optim.epoch_lr(cfg, epoch - 1, p) for p in plateaus], np.float32)
           state = state.replace(opt_state=optim.set_lr(state.opt_state, lrs))
@@ -311,7 +323,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
     finally:
       ckpts.wait()
       ckpts.close()
-  summary = _summary_fields(meta) | {"epochs": meta["epoch"], "workdir": str(workdir)}
+  summary = _summary_fields(meta) | {"epochs": meta["epoch"], "stopped_early": stopped_early,
+                                     "workdir": str(workdir)}
   writer.add_hparams({k: v for k, v in flatten(cfg).items() if isinstance(v, (int, float, str))},
                      {"hparam/best_val_accuracy": summary["best_val_accuracy"]}, name="hparams")
   writer.close()

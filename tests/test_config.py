@@ -179,7 +179,7 @@ def test_apply_overrides_needs_an_equals_sign():
     ("train.eval_batch_size", 0), ("optimizer.lr", 0.0), ("optimizer.lr", -1e-3),
     ("augment.shift", 1.0), ("augment.shift", -0.1), ("augment.zoom", 1.5),
     ("ensemble.vectorize", "pmap"), ("predict.tta", 0), ("predict.tta", 10),
-    ("pseudo.threshold", 0.0), ("pseudo.threshold", 1.5)])
+    ("pseudo.threshold", 0.0), ("pseudo.threshold", 1.5), ("train.early_stop", -1)])
 def test_check_rejects_bad_values(key, value):
   c = config_mod.get_base_config()
   *parents, leaf = key.split(".")

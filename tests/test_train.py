@@ -218,6 +218,34 @@ def test_is_better(acc, loss, best_acc, best_loss, expected):
   assert got.tolist() == [expected]
 
 
+@pytest.mark.parametrize("epoch,best,patience,expected", [
+    (5, [5], 3, False),     # Improved this epoch.
+    (7, [4], 3, True),      # Three epochs without improvement: Keras stops here too.
+    (6, [4], 3, False),
+    (9, [2, 8], 3, False),  # One member still improving keeps every member training.
+    (11, [2, 8], 3, True),
+    (50, [1], 0, False),    # 0 = never.
+])
+def test_stops_early(epoch, best, patience, expected):
+  assert train.stops_early(epoch, best, patience) is expected
+
+
+def test_early_stop_ends_the_run_and_a_resume_keeps_it_stopped(tmp_path, data_dir, monkeypatch,
+                                                                capsys):
+  # Only the first epoch counts as an improvement, so patience 2 stops after epoch 3 of 6.
+  monkeypatch.setattr(train, "is_better", lambda acc, loss, best_acc, best_loss: best_acc < 0)
+  cfg = _cfg(num_epochs=6, **{"train.early_stop": 2})
+  summary = train.train_and_evaluate(cfg, tmp_path / "run", data_dir)
+  assert (summary["epochs"], summary["best_epoch"], summary["stopped_early"]) == (3, 1, True)
+  assert [r["epoch"] for r in _metrics(tmp_path / "run")] == [1, 2, 3]
+  assert "stopping after epoch 3: no member's validation accuracy improved since epoch 1" in \
+      capsys.readouterr().err
+  before = (tmp_path / "run" / "metrics.jsonl").read_text()
+  again = train.train_and_evaluate(cfg, tmp_path / "run", data_dir)
+  assert (again["epochs"], again["stopped_early"]) == (3, True)
+  assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_ensemble_equals_members_trained_alone(vectorize):
   """K=3 members in one program (vmapped or looped) = each member trained alone, same keys."""
