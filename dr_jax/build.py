@@ -1,4 +1,4 @@
-"""What a config builds: the data split, the model, its preprocessing, the map over members.
+"""What a config builds: data splits, test images, the model, preprocessing, member mapping.
 
 Training, prediction, validation and pseudo-labelling all rebuild a run from its config with
 these, so each of them sees the same split, model and preprocessing the run was trained with.
@@ -70,6 +70,7 @@ def load_test(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> data.Di
   """test.csv's images under the config's NaN policy (the rows a submission must cover)."""
   return data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
                        nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+
 
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
                train: bool) -> steps.Preprocess:

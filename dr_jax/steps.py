@@ -33,9 +33,9 @@ class Preprocess:
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
   """Initialises parameters, batch statistics and optimizer state from `key`."""
-  variables = models.init_variables(model, key)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  initial = models.init_variables(model, key)
+  return TrainState.create(apply_fn=model.apply, params=initial["params"], tx=tx,
+                           batch_stats=initial.get("batch_stats", {}))
 
 
 def variables(state: TrainState, params: Any = None) -> dict:

@@ -37,7 +37,7 @@ def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.Trai
   model = build.model(cfg)
   keys = jax.random.split(key, cfg.ensemble.size)
   return build.member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,),
-                    cfg.ensemble.vectorize)(keys)
+                          cfg.ensemble.vectorize)(keys)
 
 
 def _epoch_plan(n_train: int, cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -68,7 +68,7 @@ def compile_train_steps(cfg: ml_collections.ConfigDict, state: steps.TrainState,
   """
   members = cfg.ensemble.size
   step = build.member_map(lambda s, x, y, idx, keys: steps.train_steps(s, x, y, idx, keys, pre),
-                    members, (0, None, None, 0, 0), cfg.ensemble.vectorize)
+                          members, (0, None, None, 0, 0), cfg.ensemble.vectorize)
   # The dataset is an argument, not a closure: closed-over arrays become compile-time constants.
   fn = jax.jit(step, donate_argnums=0,
                compiler_options=xla.compiler_options(cfg.train.fast_cpu))
@@ -238,8 +238,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                                  build.preprocess(cfg, split.shift, split.scale, train=True),
                                  sizes={k, 1 if n_tail else k})
   evaluate = Evaluator(split, images, targets, cfg.train.eval_batch_size,
-                       build.preprocess(cfg, split.shift, split.scale, train=False), model.apply, members,
-                       cfg.ensemble.vectorize, cfg.train.fast_cpu)
+                       build.preprocess(cfg, split.shift, split.scale, train=False),
+                       model.apply, members, cfg.ensemble.vectorize, cfg.train.fast_cpu)
   make_batches = jax.jit(jax.vmap(lambda key, idx: epoch_batches(key, idx, steps_per_epoch,
                                                                  cfg.batch_size)),
                          out_shardings=(by_batch, everywhere))
