@@ -102,7 +102,8 @@ def test_a_teacher_that_was_never_trained_is_refused_before_any_work(teacher, da
   if stage == "configured":
     untrained.mkdir()
     (untrained / "config.json").write_bytes((teacher / "config.json").read_bytes())
-  with pytest.raises(UserError, match=f"^pseudo.teacher={re.escape(str(untrained))}: .*{message}.*train first"):
+  expected = f"^pseudo.teacher={re.escape(str(untrained))}: .*{message}.*train first"
+  with pytest.raises(UserError, match=expected):
     train.train_and_evaluate(_student(untrained, 0.99), tmp_path / "student", data_dir)
   assert not (tmp_path / "student").exists()
 
