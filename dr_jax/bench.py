@@ -10,14 +10,14 @@ import re
 import statistics
 import subprocess
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import build, data, optim, parallel, predict, steps, train
+from dr_jax import build, data, evaluate, optim, parallel, steps, train
 from dr_jax.errors import UserError
 
 
@@ -62,7 +62,7 @@ def op_times(trace_dir: pathlib.Path, num_steps: int) -> list[tuple[str, float]]
 
 
 def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
-               repeats: int, trace: pathlib.Path | None = None) -> dict[str, float]:
+               repeats: int, trace: pathlib.Path | None = None) -> dict[str, Any]:
   """Images/s (summed over ensemble members) and FLOPs of `num_steps` real fused train steps.
 
   With `trace`, one more round of the same calls is profiled into that directory.
@@ -75,14 +75,14 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
   state = train.init_state(cfg, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
-  pre = build.preprocess(cfg, 0.0, 255.0, train=True)
+  preprocess = build.preprocess(cfg, 0.0, 255.0, train=True)
   mesh = parallel.data_mesh(batch)
   state, images, targets = jax.device_put((state, images, targets), parallel.replicated(mesh))
   by_batch = parallel.batch_sharded(mesh)
-  fused = train.compile_train_steps(cfg, state, images, targets, by_batch, pre, {k})[k]
+  fused = train.compile_train_steps(cfg, state, images, targets, by_batch, preprocess, {k})[k]
   idx = jax.device_put(jnp.asarray(rng.integers(0, n, (members, k, batch)), jnp.int32), by_batch)
   keys = jax.random.split(jax.random.key(0), (members, k))
-  flops = _flops_per_image(cfg, state, images, targets, pre, batch)
+  flops = _flops_per_image(cfg, state, images, targets, preprocess, batch)
 
   def run():
     nonlocal state
@@ -104,27 +104,27 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
           **traced}
 
 
-def _flops_per_image(cfg, state, images, targets, pre, batch: int) -> float:
+def _flops_per_image(cfg, state, images, targets, preprocess, batch: int) -> float:
   """FLOPs of one train step per image (and member), from XLA's cost analysis."""
   members = cfg.ensemble.size
   one = jax.jit(build.member_map(
-      lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, pre), members,
+      lambda s, idx, key: steps.train_steps(s, images, targets, idx, key, preprocess), members,
       (0, 0, 0), cfg.ensemble.vectorize))
   lowered = one.lower(state, jnp.zeros((members, 1, batch), jnp.int32),
                       jax.random.split(jax.random.key(0), (members, 1)))
   cost = lowered.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) / batch / members
+  # None: this backend has no cost analysis, counted like a missing "flops" entry.
+  return float((cost or {}).get("flops", 0.0)) / batch / members
 
 
 def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
   """Images/s of the real predict path (`Predictor.probabilities`) on `n` synthetic images."""
   model = build.model(cfg)
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
-  predictor = predict.Predictor(model.apply, steps.variables(state),
-                                build.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
-                                epoch=0, val_accuracy=0.0, vectorize=cfg.ensemble.vectorize,
-                                fast_cpu=cfg.train.fast_cpu)
+  predictor = evaluate.Predictor(model.apply, steps.variables(state),
+                                 build.preprocess(cfg, 0.0, 255.0, False), cfg.ensemble.size,
+                                 cfg.ensemble.vectorize, cfg.train.fast_cpu)
   images = np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
   predictor.probabilities(images)  # Compile.
   times = _time(lambda: predictor.probabilities(images), repeats)
@@ -135,12 +135,12 @@ def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[s
 
 def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int = 40,
         repeats: int = 3, predict_n: int = 28000,
-        trace: pathlib.Path | None = None) -> dict[str, float | str]:
+        trace: pathlib.Path | None = None) -> dict[str, Any]:
   """All figures of one benchmark run, measured in this process."""
   batch = batch or cfg.batch_size
   cfg = ml_collections.ConfigDict(cfg.to_dict())
   cfg.batch_size = batch
-  result: dict[str, float | str] = {
+  result: dict[str, Any] = {
       "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
       "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
       "members": cfg.ensemble.size,
@@ -198,6 +198,7 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
     for kind, ms in result["trace_ms_per_step"].items():
       print(f"  {ms:8.2f}  {kind}")
   if vs_torch is not None:
+    assert torch_script is not None, "vs_torch needs torch_script"
     # Measured in the same invocation, one after the other, so the ratios share the machine's state.
     result.update(torch_rates(vs_torch, torch_script, str(result["model"]), int(result["batch"]),
                               steps, repeats, predict_n))

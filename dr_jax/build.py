@@ -17,8 +17,7 @@ import ml_collections
 import numpy as np
 
 from dr_jax import augment, data, models, provenance, steps
-from dr_jax.config import VECTORIZE
-from dr_jax.errors import UserError
+from dr_jax.config import check_value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +38,15 @@ class Split:
     """The first member's validation set (every member's, unless ensemble.own_split)."""
     return data.Digits(self.images[self.val_idx[0]], self.labels[self.val_idx[0]])
 
+  def with_training_rows(self, images: np.ndarray, labels: np.ndarray) -> Split:
+    """The split with extra training rows for every member; validation rows unchanged."""
+    n = len(self.images)
+    extra = np.broadcast_to(np.arange(n, n + len(labels)), (self.train_idx.shape[0], len(labels)))
+    return dataclasses.replace(
+        self, images=np.concatenate([self.images, images]),
+        labels=np.concatenate([self.labels, labels]),
+        train_idx=np.concatenate([self.train_idx, extra], axis=1))
+
 
 def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
@@ -46,6 +54,7 @@ def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   digits = data.load_csv(source, with_labels=True, nan_policy=cfg.data.nan_policy,
                          fill_value=cfg.data.fill_value)
   images, labels = digits.images, digits.labels
+  assert labels is not None  # with_labels=True
   if cfg.data.subset:
     images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
   members = cfg.ensemble.size
@@ -93,8 +102,7 @@ def loops_members(vectorize: str) -> bool:
   at about half the single-model rate per member (`dr-jax bench` on an ensemble config shows
   it); on GPU/TPU vmap is the faster choice.
   """
-  if vectorize not in VECTORIZE:
-    raise UserError(f"ensemble.vectorize={vectorize!r} is not one of {', '.join(VECTORIZE)}")
+  check_value("ensemble.vectorize", vectorize)
   return vectorize == "loop" or (vectorize == "auto" and jax.default_backend() == "cpu")
 
 

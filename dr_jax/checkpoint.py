@@ -1,4 +1,7 @@
-"""orbax checkpoints in a workdir: `latest/` to resume from and `best/` (by validation accuracy)."""
+"""orbax checkpoints in a workdir: `latest/` to resume from and `best/` (by validation accuracy).
+
+This module owns the order of the two saves and how a resume reconciles them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dr_jax.errors import UserError
+from dr_jax.run_state import RunState
 
 KINDS = ("latest", "best")
 
@@ -38,21 +42,48 @@ class Checkpoints:
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()}) for kind in KINDS}
 
-  def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
-    """Saves a state pytree and JSON metadata for `epoch` (asynchronously)."""
+  def save(self, kind: str, state: Any, run: RunState) -> None:
+    """Saves a state pytree and the run's record as `kind` for `run.epoch` (asynchronously)."""
     manager = self.managers[kind]
-    if epoch in manager.all_steps():
+    if run.epoch in manager.all_steps():
       # Left by a run killed before its `latest` save; the resumed run recomputes this epoch.
-      manager.delete(epoch)
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    manager.save(epoch, args=args, force=True)
+      manager.delete(run.epoch)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(run.to_json()))
+    manager.save(run.epoch, args=args, force=True)
+
+  def save_epoch(self, train_state: Any, best_variables: Any | None, run: RunState) -> None:
+    """An epoch's saves: `best` first when a member improved (`best_variables`), then `latest`.
+
+    `latest` must never point past `best`: a kill between the two saves then only repeats
+    this epoch, which rewrites the same best checkpoint.
+    """
+    if best_variables is not None:
+      self.save("best", best_variables, run)
+      self.wait()
+    self.save("latest", train_state, run)
+
+  def resume(self, train_state: Any, best_variables: Any) -> tuple[Any, Any, RunState] | None:
+    """(train state, best variables, run record) of the newest epoch, or None for a new run.
+
+    The arguments give the pytrees' structure and types. When a kill landed after an epoch's
+    `best` save but before its `latest` save, that newer best is kept: it is never
+    overwritten by a worse one when the epoch is trained again.
+    """
+    if self.latest_epoch("latest") is None:
+      return None
+    train_state, run = self.restore("latest", target=train_state)
+    best_variables, best_run = self.restore("best", target=best_variables)
+    if best_run.epoch > run.epoch:
+      run = run.with_best_of(best_run)
+    return train_state, best_variables, run
 
   def latest_epoch(self, kind: str) -> int | None:
     """The epoch of the newest complete checkpoint of `kind`, or None."""
     return self.managers[kind].latest_step()
 
-  def restore(self, kind: str, target: Any | None = None) -> tuple[Any, dict]:
-    """Restores (state, meta); `target` (a pytree like the saved one) gives structure and types."""
+  def restore(self, kind: str, target: Any | None = None) -> tuple[Any, RunState]:
+    """Restores (state, run record); `target` (a pytree like the saved one) gives structure and types."""
     manager = self.managers[kind]
     epoch = manager.latest_step()
     if epoch is None:
@@ -66,7 +97,7 @@ class Checkpoints:
       raise UserError(f"{self.root / kind / str(epoch)}: checkpoint cannot be read "
                       f"({type(e).__name__}: {first}); it is damaged or from another model: "
                       "delete it, or retrain") from None
-    return restored["state"], restored["meta"]
+    return restored["state"], RunState.from_json(restored["meta"])
 
   @staticmethod
   def _quiet_restore(manager: ocp.CheckpointManager, epoch: int, target: Any | None) -> Any:
@@ -103,6 +134,8 @@ class Checkpoints:
       manager.wait_until_finished()
 
   def close(self) -> None:
+    """Finishes pending saves and releases orbax's resources."""
+    self.wait()
     for manager in self.managers.values():
       manager.close()
 

@@ -148,7 +148,9 @@ def _config(path: pathlib.Path, overrides: list[str]):
 
 
 def _answers(args: argparse.Namespace) -> pathlib.Path:
-  return args.answers or args.data_dir / "test_answers.csv"
+  from dr_jax.fetch import ANSWERS_FILE
+
+  return args.answers or args.data_dir / ANSWERS_FILE
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -166,11 +168,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     result = fetch.fetch(args.data_dir, source=args.source)
     print(f"{result.source}: {', '.join(str(f) for f in result.files)}")
   elif args.command == "train":
-    from dr_jax import train
+    from dr_jax import pseudo, train
 
     cfg = _config(args.config, overrides)
     workdir = args.workdir or pathlib.Path("runs") / args.config.stem
-    summary = train.train_and_evaluate(cfg, workdir, args.data_dir)
+    summary = train.train_and_evaluate(cfg, workdir, args.data_dir,
+                                       pseudo.for_config(cfg, args.data_dir))
     if distributed.is_primary():
       print(json.dumps(summary))
   elif args.command == "predict":
@@ -183,9 +186,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
                                     vote=args.vote)
     if not distributed.is_primary():
       return
-    runs = [f"checkpoint of epoch {p.epoch}, {p.members} member(s), val accuracy "
-            f"{p.val_accuracy:.4f}, tta {p.tta if args.tta is None else args.tta}"
-            for p in predictors]
+    runs = []
+    for p in predictors:
+      assert p.run is not None  # blend loads every run from its checkpoint.
+      runs.append(f"checkpoint of epoch {p.run.epoch}, {p.members} member(s), val accuracy "
+                  f"{p.run.best_val_accuracy:.4f}, tta {p.tta if args.tta is None else args.tta}")
     if len(runs) == 1:
       print(f"wrote {out} ({runs[0]})", file=sys.stderr)
     else:
@@ -195,10 +200,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "validate":
     from dr_jax import predict
 
-    result = predict.validate(args.workdir, args.data_dir, tuple(args.tta))
-    print(f"validation errors of each member on its own {result.n_val} images "
+    validation = predict.validate(args.workdir, args.data_dir, tuple(args.tta))
+    print(f"validation errors of each member on its own {validation.n_val} images "
           f"({args.workdir}, best checkpoint):", file=sys.stderr)
-    print(result.table())
+    print(validation.table())
   elif args.command == "score":
     from dr_jax import predict
 
@@ -233,19 +238,20 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:
   """The README's main command: the whole pipeline on one machine."""
-  from dr_jax import fetch, predict, train
+  from dr_jax import fetch, predict, pseudo, train
 
   start = time.time()
   fetch.fetch(args.data_dir)
   cfg = _config(args.config or _default_config(), overrides)
-  summary = train.train_and_evaluate(cfg, args.workdir, args.data_dir)
+  summary = train.train_and_evaluate(cfg, args.workdir, args.data_dir,
+                                     pseudo.for_config(cfg, args.data_dir))
   out, _ = predict.predict(args.workdir, args.data_dir)
   print(f"submission:  {out}")
   print(f"checkpoint:  {args.workdir / 'checkpoints' / 'best'} (epoch {summary['best_epoch']}, "
         f"val accuracy {summary['best_val_accuracy']:.4f})")
   print(f"tensorboard: tensorboard --logdir {args.workdir / 'tensorboard'}")
   print(f"time:        {(time.time() - start) / 60:.1f} min")
-  answers = args.data_dir / "test_answers.csv"
+  answers = args.data_dir / fetch.ANSWERS_FILE
   if answers.is_file():
     print(f"accuracy: {predict.score(out, answers):.5f}")
 

@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib.util
+import math
+import numbers
 import pathlib
 import sys
 import traceback
+import types
+from collections.abc import Iterator
+from typing import Any, cast
 
 import ml_collections
 
 from dr_jax.errors import UserError
+
+# Every name a config may choose, defined once: `check` validates against these before any work
+# starts, and the module that implements each imports it for its own dispatch and errors.
+MODELS = ("classic", "strided")  # models.MODELS: one Flax module each.
+DTYPES = ("float32", "bfloat16")  # Compute dtypes; parameters stay float32.
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("plateau", "constant", "cosine", "exponential", "onecycle")
+NORMALIZATIONS = ("unit", "centered", "standardize")
+NAN_POLICIES = ("error", "drop", "fill")
+VECTORIZE = ("auto", "vmap", "loop")  # How members share a program: build.loops_members.
+CHOICES = {"model.name": MODELS, "model.dtype": DTYPES, "optimizer.name": OPTIMIZERS,
+           "schedule.name": SCHEDULES, "data.normalization": NORMALIZATIONS,
+           "data.nan_policy": NAN_POLICIES, "ensemble.vectorize": VECTORIZE}
+# key: (low, high, bounds), bounds "[)" etc. saying whether low and high themselves are allowed.
+RANGES = {
+    "seed": (0, math.inf, "[)"),  # scikit-learn's split takes no negative seed.
+    "num_epochs": (1, math.inf, "[)"),
+    "batch_size": (1, math.inf, "[)"),
+    "data.val_fraction": (0, 1, "()"),
+    "data.fill_value": (0, 255, "[]"),  # Filled cells become pixels.
+    "data.subset": (0, math.inf, "[)"),
+    "augment.rotation": (0, math.inf, "[)"),
+    "augment.zoom": (0, 1, "[)"),
+    "augment.shift": (0, 1, "[)"),
+    "optimizer.lr": (0, math.inf, "()"),
+    "optimizer.rho": (0, 1, "[)"),
+    "optimizer.eps": (0, math.inf, "()"),  # RMSprop divides by sqrt(nu + eps); nu can be 0.
+    "optimizer.momentum": (0, 1, "[)"),
+    "schedule.factor": (0, 1, "()"),
+    "schedule.patience": (0, math.inf, "[)"),
+    "schedule.min_lr": (0, math.inf, "[)"),
+    "schedule.min_delta": (0, math.inf, "[)"),
+    "schedule.cooldown": (0, math.inf, "[)"),
+    "schedule.decay": (0, 1, "(]"),
+    "schedule.warmup_fraction": (0, 1, "[)"),
+    "ensemble.size": (1, math.inf, "[)"),
+    "train.steps_per_call": (1, math.inf, "[)"),
+    "train.eval_batch_size": (1, math.inf, "[)"),
+    "train.early_stop": (0, math.inf, "[)"),  # 0: never stop early.
+    "pseudo.threshold": (0, 1, "(]"),
+}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -38,15 +85,15 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Model
   c.model = ml_collections.ConfigDict()
-  c.model.name = "classic"  # classic | strided
-  c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+  c.model.name = "classic"  # One of MODELS.
+  c.model.dtype = "float32"  # Compute dtype, one of DTYPES (params stay float32).
   c.model.kwargs = ml_collections.ConfigDict({
       "widths": (32, 64), "dense": 256, "dropout_conv": 0.25, "dropout_dense": 0.5,
       "batch_norm": False, "pool": "reshape"})
 
   # Optimizer
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "rmsprop"  # rmsprop | adam | sgd
+  c.optimizer.name = "rmsprop"  # One of OPTIMIZERS.
   c.optimizer.lr = 1e-3
   c.optimizer.rho = 0.9  # RMSprop decay (Keras' rho).
   c.optimizer.eps = 1e-7  # Keras' epsilon.
@@ -54,7 +101,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # Learning-rate schedule
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = "plateau"  # plateau | constant | cosine | exponential | onecycle
+  c.schedule.name = "plateau"  # One of SCHEDULES.
   c.schedule.factor = 0.5  # plateau: lr *= factor after `patience` epochs without improvement.
   c.schedule.patience = 3
   c.schedule.min_lr = 1e-5
@@ -89,23 +136,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Imports a Python config file and calls its `get_config()`; errors are one line."""
+@contextlib.contextmanager
+def user_code(path: pathlib.Path) -> Iterator[None]:
+  """Runs code of a user's Python file with its directory importable; any error is one line."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise UserError(f"config file {path} not found; pass a file such as experiments/default.py")
-  spec = importlib.util.spec_from_file_location(f"_dr_jax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
   # Let an experiment import its sibling files (e.g. a shared ablation grid).
   sys.path.insert(0, str(path.parent))
   try:
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-      raise UserError(f"config file {path} has no get_config() function")
-    config = module.get_config()
+    yield
   except UserError:
     raise
-  except Exception as e:  # A user's config may raise anything; report where, in one line.
+  except Exception as e:  # A user's file may raise anything; report where, in one line.
     if isinstance(e, SyntaxError):
       where = f"{pathlib.Path(e.filename or str(path)).name}:{e.lineno}"
     else:
@@ -115,9 +156,34 @@ def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
     raise UserError(f"config file {path} raised {type(e).__name__}: {first} (at {where})") from None
   finally:
     sys.path.remove(str(path.parent))
+
+
+def load_module(path: str | pathlib.Path) -> types.ModuleType:
+  """Imports a config (or grid) file under `user_code`; call its functions under it too."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"config file {path} not found; pass a file such as experiments/default.py")
+  spec = importlib.util.spec_from_file_location(f"_dr_jax_config_{path.stem}", path)
+  if spec is None or spec.loader is None:  # Python imports only .py (and compiled) files.
+    raise UserError(f"config file {path} is not a Python file; pass a .py file such as "
+                    "experiments/default.py")
+  module = importlib.util.module_from_spec(spec)
+  with user_code(path):
+    spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Imports a Python config file and calls its `get_config()`; errors are one line."""
+  path = pathlib.Path(path)
+  module = load_module(path)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} has no get_config() function")
+  with user_code(path):
+    config = module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
-    raise UserError(f"config file {path}: get_config() returned {type(config).__name__}, "
-                    "expected an ml_collections.ConfigDict (start from dr_jax.config.get_base_config())")
+    raise UserError(f"config file {path}: get_config() returned {type(config).__name__}, expected "
+                    "an ml_collections.ConfigDict (start from dr_jax.config.get_base_config())")
   return config
 
 
@@ -181,33 +247,53 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
   return flat
 
 
-VECTORIZE = ("auto", "vmap", "loop")  # How members share a program: build.loops_members.
+def _interval(low: float, high: float, bounds: str) -> str:
+  """Words for a RANGES entry: "be at least 1", "be greater than 0" or "lie in (0, 1]"."""
+  if high == math.inf:
+    return f"be at least {low:g}" if bounds[0] == "[" else f"be greater than {low:g}"
+  return f"lie in {bounds[0]}{low:g}, {high:g}{bounds[1]}"
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+  """Raises a one-line UserError naming the allowed values (and a close one) unless allowed."""
+  if value not in allowed:
+    # Every allowed name is lower case; 'RMSprop' should find 'rmsprop'.
+    close = difflib.get_close_matches(str(value).lower(), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"config {key}={value!r} is not one of {', '.join(allowed)}{hint}")
+
+
+def check_value(key: str, value: Any) -> None:
+  """Raises a one-line UserError unless `value` is allowed for `key` by CHOICES or RANGES."""
+  if key in CHOICES:
+    check_choice(key, value, CHOICES[key])
+    return
+  low, high, bounds = RANGES[key]
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise UserError(f"config {key}={value!r} is not a number; it must "
+                    f"{_interval(low, high, bounds)}")
+  # typeshed's numbers.Real declares no comparison with int or float; every Real has one.
+  number = cast(float, value)
+  above = low <= number if bounds[0] == "[" else low < number
+  below = number <= high if bounds[1] == "]" else number < high
+  if not (above and below):  # Also rejects NaN.
+    raise UserError(f"config {key}={value!r} must {_interval(low, high, bounds)}")
 
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Validates keys and values that no type check catches, before any work starts."""
-  # model.kwargs belong to the chosen model, which checks them when it is built.
+  # model.kwargs belong to the chosen model: models.check_options checks them below.
   general = lambda c: {k for k in flatten(c) if not k.startswith("model.kwargs.")}
   unknown = sorted(general(config) - general(get_base_config()))
   if unknown:
     raise UserError(f"unknown config key(s) {', '.join(unknown)}; every key must exist in "
                     "dr_jax.config.get_base_config()")
-  for key in ("num_epochs", "batch_size", "train.steps_per_call", "train.eval_batch_size",
-              "ensemble.size"):
-    if flatten(config)[key] < 1:
-      raise UserError(f"config {key}={flatten(config)[key]} must be at least 1")
-  if config.train.early_stop < 0:
-    raise UserError(f"config train.early_stop={config.train.early_stop} must be 0 (off) or a "
-                    "number of epochs")
-  if not 0.0 <= config.augment.shift < 1.0 or not 0.0 <= config.augment.zoom < 1.0:
-    raise UserError("config augment.shift and augment.zoom must lie in [0, 1)")
-  if not 0.0 < config.pseudo.threshold <= 1.0:
-    raise UserError(f"config pseudo.threshold={config.pseudo.threshold} must lie in (0, 1]")
-  if config.optimizer.lr <= 0:
-    raise UserError(f"config optimizer.lr={config.optimizer.lr} must be positive")
-  from dr_jax import augment  # Here, not at the top: loading a config file needs no jax.
+  flat = flatten(config)
+  for key in (*CHOICES, *RANGES):
+    check_value(key, flat[key])
+  # Here, not at the top: loading a config file needs no jax.
+  from dr_jax import augment, models
 
   augment.check_tta(config.predict.tta, f"config predict.tta={config.predict.tta}")
-  if config.ensemble.vectorize not in VECTORIZE:
-    raise UserError(f"config ensemble.vectorize={config.ensemble.vectorize!r} is not one of "
-                    f"{', '.join(VECTORIZE)}")
+  # The chosen model's own options, so a typo fails now rather than when its run starts.
+  models.check_options(config.model.name, config.model.kwargs.to_dict())

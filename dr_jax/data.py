@@ -8,11 +8,13 @@ import hashlib
 import io
 import pathlib
 import zipfile
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from dr_jax import config
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_bytes
 
@@ -20,8 +22,6 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 NUM_PIXELS = 28 * 28
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
-NAN_POLICIES = ("error", "drop", "fill")
-NORMALIZATIONS = ("unit", "centered", "standardize")
 # Bump when the parsed layout changes so stale caches are never read.
 _CACHE_VERSION = 1
 
@@ -73,9 +73,7 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
   # field more than the header; checking that one line is cheap.
   first = _field_counts(path, len(frame.columns), np.array([0])) if len(frame) else []
   if first:
-    row, count = first[0]
-    raise UserError(f"{_where(path, row)}: has {count} fields, expected {len(frame.columns)} "
-                    "like the header; fix or remove that row")
+    raise _fields_error(path, *first[0], len(frame.columns))
   return frame
 
 
@@ -141,6 +139,12 @@ def _field_counts(path: pathlib.Path, n_columns: int, rows: np.ndarray) -> list[
   return found
 
 
+def _fields_error(path: pathlib.Path, data_row: int, count: int, expected: int) -> UserError:
+  """The error for a row with another number of fields than the header (see _field_counts)."""
+  return UserError(f"{_where(path, data_row)}: has {count} fields, expected {expected} like the "
+                   "header; fix or remove that row")
+
+
 def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
   """Names the columns with empty/NaN cells and the lines they are on."""
   mask = frame.isna()
@@ -171,9 +175,7 @@ def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
     nan_rows = frame.index[frame.isna().any(axis=1).to_numpy()].to_numpy()
     short = _field_counts(path, frame.shape[1], nan_rows[:50])
     if short:
-      row, count = short[0]
-      raise UserError(f"{_where(path, row)}: has {count} fields, expected {frame.shape[1]} "
-                      "like the header; fix or remove that row")
+      raise _fields_error(path, *short[0], frame.shape[1])
     if nan_policy == "error":
       raise UserError(_nan_report(frame, path))
     if nan_policy == "drop":
@@ -206,8 +208,7 @@ def _check_range(values: np.ndarray, low: int, high: int, path: pathlib.Path,
 def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
               fill_value: int = 0) -> Digits:
   """Reads and validates a Kaggle-format CSV; every problem is a one-line `UserError`."""
-  if nan_policy not in NAN_POLICIES:
-    raise UserError(f"data.nan_policy={nan_policy!r} is not one of {', '.join(NAN_POLICIES)}")
+  config.check_value("data.nan_policy", nan_policy)
   frame = _check_columns(_read_frame(path), path, with_labels)
   frame = frame[~frame.isna().all(axis=1)]  # Blank lines; the index keeps their line numbers.
   if len(frame) == 0:
@@ -267,7 +268,8 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
       pass  # A damaged cache is rebuilt from the CSV below.
   digits = parse_csv(path, with_labels, nan_policy, fill_value)
   buffer = io.BytesIO()
-  arrays = {"images": digits.images}
+  # Any: numpy's stub would also let `**arrays` fill savez's `allow_pickle: bool`.
+  arrays: dict[str, Any] = {"images": digits.images}
   if digits.labels is not None:
     arrays["labels"] = digits.labels
   np.savez(buffer, **arrays)
@@ -281,8 +283,7 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
 def split_indices(labels: np.ndarray, val_fraction: float,
                   seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Stratified train/validation row indices (scikit-learn), seeded; class proportions kept."""
-  if not 0.0 < val_fraction < 1.0:
-    raise UserError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
+  config.check_value("data.val_fraction", val_fraction)
   n_val = int(np.ceil(val_fraction * len(labels)))
   counts = np.bincount(labels, minlength=NUM_CLASSES)
   present = int((counts > 0).sum())
@@ -316,7 +317,8 @@ def normalization_stats(images: np.ndarray, method: str) -> tuple[float, float]:
   if method == "standardize":
     pixels = np.asarray(images, dtype=np.float64)
     return float(pixels.mean()), float(pixels.std() or 1.0)
-  raise UserError(f"data.normalization={method!r} is not one of {', '.join(NORMALIZATIONS)}")
+  config.check_value("data.normalization", method)
+  raise AssertionError(f"config.NORMALIZATIONS has {method!r}, which this function lacks")
 
 
 def normalize(images, shift: float, scale: float):

@@ -66,6 +66,7 @@ def resolve(coordinator: str | None = None, num_processes: int | None = None,
   if missing:
     raise UserError(f"{count} processes need {' and '.join(missing)} in every process; the "
                     "coordinator is process 0's host:port, e.g. localhost:12355")
+  assert coordinator is not None and pid is not None  # `missing` is empty.
   if not 0 <= pid < count:
     raise UserError(f"process id {pid} is outside 0..{count - 1} for {count} processes")
   if ":" not in coordinator:

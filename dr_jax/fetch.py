@@ -24,7 +24,7 @@ from dr_jax.files import atomic_write_lines
 try:
   from numpy._core import multiarray as _multiarray
 except ImportError:  # numpy 1.x has no numpy._core
-  from numpy.core import multiarray as _multiarray
+  from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]  # Same module.
 
 SOURCES = ("auto", "kaggle", "embedded")
 COMPETITION = "digit-recognizer"
@@ -71,7 +71,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
       raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
 
 
-def restricted_loads(data: bytes) -> object:
+def restricted_loads(data: bytes) -> Any:
   """Unpickle bytes that may hold only numpy arrays, tuples and scalars."""
   # latin1 because the MNIST pickle was written by Python 2, whose str held raw array bytes.
   return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()

@@ -6,7 +6,7 @@ import contextlib
 import os
 import pathlib
 import tempfile
-from typing import IO, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 
 @contextlib.contextmanager
@@ -18,7 +18,7 @@ def atomic_writer(path: pathlib.Path, mode: str = "wb") -> Iterator[IO]:
   # mkstemp creates 0600 files; results are meant to be shared like any other output.
   os.chmod(tmp, 0o644)
   try:
-    text = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+    text: dict[str, Any] = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
     with os.fdopen(fd, mode, **text) as f:
       yield f
       f.flush()

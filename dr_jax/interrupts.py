@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import types
+from typing import Any, Callable
 
 
 class StopRequest:
@@ -22,7 +23,7 @@ class StopRequest:
 
   def __init__(self) -> None:
     self.requested = False
-    self._previous = None
+    self._previous: Callable[[int, types.FrameType | None], Any] | int | None = None
 
   def _handle(self, signum: int, frame: types.FrameType | None) -> None:
     self.requested = True

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dr_jax import config
 from dr_jax.errors import UserError
 
 POOLS = ("reshape", "reduce_window")
 
 
 def _check_pool(method: str) -> None:
-  if method not in POOLS:
-    raise UserError(f"model.pool={method!r} is not one of {', '.join(POOLS)}")
+  config.check_choice("model.kwargs.pool", method, POOLS)
 
 
 def max_pool_2x2(x: jax.Array, method: str = "reshape") -> jax.Array:
@@ -135,25 +135,32 @@ class StridedCNN(nn.Module):
     return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"classic": ClassicCNN, "strided": StridedCNN}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The names are config.MODELS (which config.check validates), in its order.
+MODELS: dict[str, type[nn.Module]] = dict(zip(config.MODELS, (ClassicCNN, StridedCNN),
+                                                       strict=True))
+_DTYPES = {name: getattr(jnp, name) for name in config.DTYPES}
 
 
-def create_model(name: str, dtype: str = "float32", **kwargs: Any) -> nn.Module:
-  """Builds a registered model by name; the config's model section supplies `kwargs`."""
-  if name not in MODELS:
-    raise UserError(f"model.name={name!r} is not one of {', '.join(MODELS)}")
-  if dtype not in _DTYPES:
-    raise UserError(f"model.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
+def check_options(name: str, kwargs: dict[str, Any]) -> None:
+  """Raises a one-line UserError for an unknown model or an option it does not take."""
+  config.check_value("model.name", name)
   fields = set(MODELS[name].__dataclass_fields__) - {"parent", "name"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}; it takes "
                     f"{', '.join(sorted(fields - {'dtype'}))}")
+  if "pool" in kwargs:
+    _check_pool(kwargs["pool"])
+
+
+def create_model(name: str, dtype: str = "float32", **kwargs: Any) -> nn.Module:
+  """Builds a registered model by name; the config's model section supplies `kwargs`."""
+  check_options(name, kwargs)
+  config.check_value("model.dtype", dtype)
   return MODELS[name](dtype=_DTYPES[dtype], **kwargs)
 
 
-def init_variables(model: nn.Module, key: jax.Array) -> dict:
+def init_variables(model: nn.Module, key: jax.Array) -> Mapping[str, Any]:
   """Initialises parameters (and batch statistics) for 28×28×1 inputs."""
   return model.init({"params": key}, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
 

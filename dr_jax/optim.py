@@ -6,12 +6,10 @@ import math
 from typing import NamedTuple
 
 import ml_collections
+import numpy as np
 import optax
 
-from dr_jax.errors import UserError
-
-SCHEDULES = ("plateau", "constant", "cosine", "exponential", "onecycle")
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+from dr_jax import config
 
 
 class PlateauState(NamedTuple):
@@ -64,8 +62,7 @@ def epoch_lr(cfg: ml_collections.ConfigDict, epoch: int, plateau: PlateauState) 
 def step_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule | None:
   """Per-step schedule evaluated inside the jitted step, or None for per-epoch schedules."""
   name, lr = cfg.schedule.name, cfg.optimizer.lr
-  if name not in SCHEDULES:
-    raise UserError(f"schedule.name={name!r} is not one of {', '.join(SCHEDULES)}")
+  config.check_value("schedule.name", name)
   if name == "cosine":
     return optax.cosine_decay_schedule(lr, max(total_steps, 1), alpha=cfg.schedule.min_lr / lr)
   if name == "onecycle":
@@ -78,8 +75,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """The configured optimizer with its learning rate held in `opt_state.hyperparams`."""
   o = cfg.optimizer
-  if o.name not in OPTIMIZERS:
-    raise UserError(f"optimizer.name={o.name!r} is not one of {', '.join(OPTIMIZERS)}")
+  config.check_value("optimizer.name", o.name)
   schedule = step_schedule(cfg, total_steps)
   lr = schedule if schedule is not None else o.lr
 
@@ -94,7 +90,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   return optax.inject_hyperparams(build)(learning_rate=lr)
 
 
-def set_lr(opt_state: optax.OptState, lr: float) -> optax.OptState:
+def set_lr(opt_state: optax.OptState, lr: float | np.ndarray) -> optax.OptState:
   """Returns `opt_state` with a new learning rate (for per-epoch schedules)."""
   hyperparams = dict(opt_state.hyperparams)
   hyperparams["learning_rate"] = hyperparams["learning_rate"] * 0 + lr

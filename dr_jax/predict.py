@@ -1,118 +1,18 @@
-"""Best checkpoint → vectorized predictions → `submission.csv`; and scoring a submission."""
+"""Best checkpoint → vectorized predictions → `submission.csv`; validation per TTA; scoring."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
-from typing import Callable, Sequence
+from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.experimental import multihost_utils
 
-from dr_jax import (augment, build, checkpoint, data, distributed, parallel, provenance, steps,
-                    xla)
+from dr_jax import augment, build, distributed, evaluate, provenance
+from dr_jax.evaluate import Predictor
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictor:
-  """A trained model (or ensemble) ready for inference."""
-
-  apply_fn: Callable
-  variables: dict  # Stacked along a leading member axis.
-  pre: steps.Preprocess
-  members: int
-  epoch: int
-  val_accuracy: float
-  vectorize: str = "auto"  # How members are mapped: see build.loops_members.
-  fast_cpu: bool = True  # XLA:CPU compiler options, as in training: see xla.py.
-  tta: int = 1  # The run's predict.tta: test-time transforms when a call names none.
-
-  def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
-
-    Each batch is split across all devices (of every process); the logits come back whole.
-    """
-    n, devices = len(images), jax.device_count()
-    batch_size = -(-min(batch_size, max(n, 1)) // devices) * devices
-    size, count = steps.batches(n, batch_size)
-    mesh = parallel.data_mesh(batch_size)
-    stacked = steps.pad_rows(np.asarray(images), size).reshape(count, batch_size,
-                                                               *images.shape[1:])
-    out = _member_logits(self.fast_cpu)(
-        self.apply_fn, parallel.put(self.variables, parallel.replicated(mesh)),
-        jax.device_put(stacked, parallel.stacked_batches(mesh)), self.pre, self.members,
-        self.vectorize)
-    return multihost_utils.process_allgather(out, tiled=True)[:, :n]
-
-  def member(self, index: int) -> Predictor:
-    """The predictor of one ensemble member."""
-    one = jax.tree.map(lambda leaf: leaf[index:index + 1], self.variables)
-    return dataclasses.replace(self, variables=one, members=1)
-
-  def probabilities(self, images: np.ndarray, tta: int | None = None, vote: bool = False,
-                    batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities `(n, 10)`: softmax averaged over members and `tta` transforms.
-
-    `tta=None` uses the run's configured count. With `vote`, each member × transform casts
-    one vote for its top class instead.
-    """
-    tta = self.tta if tta is None else tta
-    augment.check_tta(tta, f"--tta {tta}")
-    total = np.zeros((len(images), data.NUM_CLASSES), np.float64)
-    for matrix in augment.tta_matrices(tta):
-      view = images if tta == 1 else _warp_all(jnp.asarray(images, jnp.float32), matrix)
-      logits = self.member_logits(np.asarray(view), batch_size)
-      if vote:
-        total += np.eye(data.NUM_CLASSES)[logits.argmax(-1)].sum(axis=0)
-      else:
-        total += np.asarray(jax.nn.softmax(logits)).sum(axis=0)
-    return total / total.sum(axis=1, keepdims=True)
-
-
-@functools.cache
-def _member_logits(fast_cpu: bool) -> Callable:
-  """The jitted predict program, compiled with the fast-path options or XLA's defaults."""
-
-  def member_logits(apply_fn: Callable, variables: dict, stacked: jax.Array,
-                    pre: steps.Preprocess, members: int, vectorize: str) -> jax.Array:
-    """Every member's logits, mapped over members and batched over images."""
-    one = lambda v: steps.batched_logits(apply_fn, v, stacked, pre)
-    return build.member_map(one, members, (0,), vectorize)(variables)
-
-  return jax.jit(member_logits, static_argnames=("apply_fn", "pre", "members", "vectorize"),
-                 compiler_options=xla.compiler_options(fast_cpu))
-
-
-@jax.jit
-def _warp_all(images: jax.Array, matrix: jax.Array) -> jax.Array:
-  """One deterministic transform applied to every image."""
-  return jax.vmap(augment.warp, in_axes=(0, None))(images, matrix)
-
-
-def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
-  """Rebuilds the run's model from its saved config and restores the `kind` checkpoint."""
-  workdir = pathlib.Path(workdir)
-  cfg = provenance.read_config(workdir)
-  model = build.model(cfg)
-  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
-    tree, meta = ckpts.restore(kind)
-  # Both kinds hold params (and batch_stats); `latest` also holds the optimizer state.
-  variables = {"params": tree["params"]}
-  if tree.get("batch_stats"):
-    variables["batch_stats"] = tree["batch_stats"]
-  shift, scale = meta["norm"]
-  return Predictor(model.apply, variables,
-                   build.preprocess(cfg, shift, scale, train=False), cfg.ensemble.size,
-                   int(meta["epoch"]), float(np.mean(meta["member_best_val_accuracy"])),
-                   # Runs trained before these options existed lack them.
-                   cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True),
-                   cfg.get("predict", {}).get("tta", 1))
 
 
 def submission_text(labels: np.ndarray) -> str:
@@ -142,7 +42,7 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
   """
   total, predictors = None, []
   for workdir in workdirs:
-    predictor = load_predictor(workdir)
+    predictor = evaluate.load_predictor(workdir)
     cfg = provenance.read_config(workdir)
     test = build.load_test(cfg, data_dir)
     probs = predictor.members * predictor.probabilities(test.images, tta=tta, vote=vote)
@@ -152,6 +52,7 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
     total = probs if total is None else total + probs
     predictors.append(predictor)
   if distributed.is_primary():  # Every process holds all the labels; one writes them.
+    assert total is not None, "blend needs at least one run"
     atomic_write_text(out, submission_text(total.argmax(axis=-1)))
   return pathlib.Path(out), predictors
 
@@ -192,7 +93,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   """
   for tta in ttas:
     augment.check_tta(tta, f"--tta {tta}")
-  predictor = load_predictor(workdir)
+  predictor = evaluate.load_predictor(workdir)
   cfg, split = build.load_run_split(workdir, data_dir)
   member_errors = np.zeros((len(ttas), predictor.members), np.int64)
   shared = predictor.members > 1 and not cfg.ensemble.own_split
@@ -203,7 +104,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
     for i, tta in enumerate(ttas):
       wrong = member.probabilities(images, tta=tta).argmax(-1) != labels
       member_errors[i, m] = wrong.sum()
-  if shared:
+  if ensemble_errors is not None:  # `shared`
     for i, tta in enumerate(ttas):
       wrong = predictor.probabilities(split.val.images, tta=tta).argmax(-1) != split.val.labels
       ensemble_errors[i] = wrong.sum()

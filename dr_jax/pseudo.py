@@ -13,7 +13,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from dr_jax import build, data, predict
+from dr_jax import build, data, evaluate
 from dr_jax.errors import UserError
 
 
@@ -54,11 +54,16 @@ def confident(probabilities: np.ndarray, threshold: float) -> np.ndarray:
   return probabilities.max(axis=1) >= threshold
 
 
+def for_config(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> PseudoLabels | None:
+  """The pseudo-labels `cfg` trains with (None without pseudo.teacher): `train`'s argument."""
+  return teacher_labels(cfg, data_dir) if cfg.pseudo.teacher else None
+
+
 def teacher_labels(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> PseudoLabels:
   """Labels test.csv with the run `cfg.pseudo.teacher` (its best checkpoint and predict.tta)."""
   teacher, threshold = pathlib.Path(cfg.pseudo.teacher), cfg.pseudo.threshold
   try:
-    predictor = predict.load_predictor(teacher)
+    predictor = evaluate.load_predictor(teacher)
   except UserError as e:  # Its message names the teacher's files; this says where they came from.
     raise UserError(f"pseudo.teacher={teacher}: {e}") from None
   test = build.load_test(cfg, data_dir)
@@ -68,19 +73,10 @@ def teacher_labels(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Ps
   # never trained: its own validation split.
   _, split = build.load_run_split(teacher, data_dir)
   val = split.val
+  assert val.labels is not None  # A split's rows are all labelled.
   val_probs = predictor.probabilities(val.images)
   val_keep = confident(val_probs, threshold)
   right = int((val_probs.argmax(axis=1) == val.labels)[val_keep].sum())
   return PseudoLabels(teacher, threshold, test.images[keep],
                       probs.argmax(axis=1)[keep].astype(val.labels.dtype), len(test.images),
                       data.digest(test), right, int(val_keep.sum()), len(val.labels))
-
-
-def with_rows(split: build.Split, images: np.ndarray, labels: np.ndarray) -> build.Split:
-  """The split with extra training rows for every member; validation rows unchanged."""
-  n = len(split.images)
-  extra = np.broadcast_to(np.arange(n, n + len(labels)), (split.train_idx.shape[0], len(labels)))
-  return dataclasses.replace(
-      split, images=np.concatenate([split.images, images]),
-      labels=np.concatenate([split.labels, labels]),
-      train_idx=np.concatenate([split.train_idx, extra], axis=1))

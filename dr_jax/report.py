@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import pathlib
 from typing import Callable
@@ -18,8 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tensorboardX import SummaryWriter
 
-from dr_jax import build, data, predict, steps
+from dr_jax import build, data, evaluate, metrics, predict, steps
 from dr_jax.errors import UserError
+from dr_jax.fetch import ANSWERS_FILE
 from dr_jax.files import atomic_write_bytes, atomic_write_text
 
 DPI = 100
@@ -60,9 +60,9 @@ def first_conv_kernel(params: dict) -> np.ndarray:
 
 
 def feature_maps(apply_fn: Callable, variables: dict, image: jax.Array,
-                 pre: steps.Preprocess) -> dict[str, jax.Array]:
+                 preprocess: steps.Preprocess) -> dict[str, jax.Array]:
   """Each conv layer's output `(H, W, C)` for one uint8 image `(28, 28, 1)`, in call order."""
-  x = data.normalize(jnp.asarray(image)[None], pre.shift, pre.scale)
+  x = data.normalize(jnp.asarray(image)[None], preprocess.shift, preprocess.scale)
   _, state = apply_fn(variables, x, train=False,
                       capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv),
                       mutable=["intermediates"])
@@ -196,19 +196,8 @@ def save_figure(fig: Figure, path: pathlib.Path) -> pathlib.Path:
 
 # The command.
 
-def read_metrics(workdir: pathlib.Path) -> list[dict]:
-  """The per-epoch records of metrics.jsonl."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  if not path.is_file():
-    raise UserError(f"{path} not found; train first with `dr-jax train --workdir {workdir}`")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  if not records:
-    raise UserError(f"{path} is empty; train at least one epoch first")
-  return records
-
-
 def _test_accuracy(workdir: pathlib.Path, data_dir: pathlib.Path) -> float | None:
-  submission, answers = workdir / "submission.csv", data_dir / "test_answers.csv"
+  submission, answers = workdir / "submission.csv", data_dir / ANSWERS_FILE
   if submission.is_file() and answers.is_file():
     return predict.score(submission, answers)
   return None
@@ -217,11 +206,12 @@ def _test_accuracy(workdir: pathlib.Path, data_dir: pathlib.Path) -> float | Non
 def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -> pathlib.Path:
   """Writes the figures and `index.md` into WORKDIR/report/ and returns index.md's path."""
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
-  records = read_metrics(workdir)
+  records = metrics.read_metrics(workdir)
   # The split is rebuilt from the run's own config so "validation" means the same images.
   cfg, split = build.load_run_split(workdir, data_dir)
-  predictor = predict.load_predictor(workdir)
+  predictor = evaluate.load_predictor(workdir)
   images, labels = split.val.images, split.val.labels
+  assert labels is not None  # A split's rows are all labelled.
   own_split = cfg.ensemble.own_split and predictor.members > 1
   # As `dr-jax predict` computes them (the run's TTA); with own splits, only member 0 never
   # trained on these images.
@@ -232,7 +222,7 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   # Filters and feature maps belong to one network: an ensemble's first member.
   member = jax.tree.map(lambda x: x[0], predictor.variables)
   which = f" (member 0 of {predictor.members})" if predictor.members > 1 else ""
-  maps = feature_maps(predictor.apply_fn, member, images[chosen], predictor.pre)
+  maps = feature_maps(predictor.apply_fn, member, images[chosen], predictor.preprocess)
 
   out = workdir / "report"
   figures = {"learning_curves": plot_learning_curves(records),
@@ -261,17 +251,18 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   return index
 
 
-def _index_text(workdir: pathlib.Path, records: list[dict], predictor: predict.Predictor,
+def _index_text(workdir: pathlib.Path, records: list[dict], predictor: evaluate.Predictor,
                 counts: np.ndarray, test_accuracy: float | None,
                 paths: dict[str, pathlib.Path], by: str) -> str:
   """The markdown page: a short results table, then every figure by relative link."""
   n, errors = int(counts.sum()), int(counts.sum() - np.trace(counts))
   test = f"{test_accuracy:.4f}" if test_accuracy is not None else \
-      "n/a (needs submission.csv in the run and test_answers.csv in the data dir)"
+      f"n/a (needs submission.csv in the run and {ANSWERS_FILE} in the data dir)"
   mean = " (mean of the members' best)" if predictor.members > 1 else ""
+  assert predictor.run is not None  # Loaded from its checkpoint.
   lines = [f"# Report: {workdir}", "", "| | |", "|---|---|",
-           f"| best epoch | {predictor.epoch} of {records[-1]['epoch']} |",
-           f"| best val accuracy{mean} | {predictor.val_accuracy:.4f} |",
+           f"| best epoch | {predictor.run.epoch} of {records[-1]['epoch']} |",
+           f"| best val accuracy{mean} | {predictor.run.best_val_accuracy:.4f} |",
            f"| val errors below{by} | {errors} of {n} (accuracy {(n - errors) / n:.4f}) |",
            f"| test accuracy | {test} |", ""]
   if predictor.members > 1:

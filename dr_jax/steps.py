@@ -1,4 +1,4 @@
-"""Pure compute: the train state, loss, jitted train/eval steps and batched inference."""
+"""Pure compute: the train state, loss, the jitted train step and batched inference logits."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def variables(state: TrainState, params: Any = None) -> dict:
 
 
 def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: jax.Array,
-               pre: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
+               preprocess: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
   """One RMSprop (or configured) update on a uint8 batch; augmentation happens here, on device."""
   aug_key, dropout_key = jax.random.split(key)
-  x = augment.random_affine(aug_key, images.astype(jnp.float32), pre.augment)
-  x = data.normalize(x, pre.shift, pre.scale)
+  x = augment.random_affine(aug_key, images.astype(jnp.float32), preprocess.augment)
+  x = data.normalize(x, preprocess.shift, preprocess.scale)
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):
@@ -69,7 +69,7 @@ def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: ja
 
 
 def train_steps(state: TrainState, images: jax.Array, targets: jax.Array, batch_idx: jax.Array,
-                keys: jax.Array, pre: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
+                keys: jax.Array, preprocess: Preprocess) -> tuple[TrainState, dict[str, jax.Array]]:
   """`len(batch_idx)` train steps in one call, gathering batches from device-resident arrays.
 
   A Python loop, i.e. fully unrolled: inside a rolled `lax.scan` (and even an "unrolled" scan of
@@ -78,25 +78,15 @@ def train_steps(state: TrainState, images: jax.Array, targets: jax.Array, batch_
   totals = None
   for i in range(batch_idx.shape[0]):
     idx = batch_idx[i]
-    state, metrics = train_step(state, images[idx], targets[idx], keys[i], pre)
+    state, metrics = train_step(state, images[idx], targets[idx], keys[i], preprocess)
     totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+  assert totals is not None, "train_steps needs at least one batch"
   return state, totals
 
 
-def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array, pre: Preprocess) -> jax.Array:
+def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array, preprocess: Preprocess) -> jax.Array:
   """Inference logits for a uint8 batch (no augmentation, dropout off, running BN stats)."""
-  return apply_fn(variables, data.normalize(images, pre.shift, pre.scale), train=False)
-
-
-def eval_step(apply_fn: Callable, variables: dict, images: jax.Array, targets: jax.Array,
-              mask: jax.Array, pre: Preprocess) -> tuple[dict[str, jax.Array], jax.Array]:
-  """Summed loss and correct count over the unmasked rows of one batch, and its logits."""
-  logits = logits_fn(apply_fn, variables, images, pre)
-  loss = optax.softmax_cross_entropy(logits, targets)
-  correct = jnp.argmax(logits, -1) == jnp.argmax(targets, -1)
-  metrics = {"loss": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
-             "count": jnp.sum(mask)}
-  return metrics, logits
+  return apply_fn(variables, data.normalize(images, preprocess.shift, preprocess.scale), train=False)
 
 
 def batches(n: int, batch_size: int) -> tuple[int, int]:
@@ -111,12 +101,12 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
       if size > len(array) else array
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "pre"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "preprocess"))
 def batched_logits(apply_fn: Callable, variables: dict, stacked: jax.Array,
-                   pre: Preprocess) -> jax.Array:
+                   preprocess: Preprocess) -> jax.Array:
   """Logits `(n, 10)` for images stacked as `(batches, batch, 28, 28, 1)`, a batch at a time.
 
   Stacked by the caller so the batch axis can already be split across devices.
   """
-  logits = jax.lax.map(lambda x: logits_fn(apply_fn, variables, x, pre), stacked)
+  logits = jax.lax.map(lambda x: logits_fn(apply_fn, variables, x, preprocess), stacked)
   return logits.reshape((-1, logits.shape[-1]))

@@ -5,14 +5,11 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
-import importlib.util
 import io
 import json
 import pathlib
 import re
-import sys
 import time
-import traceback
 from typing import Any, Sequence
 
 import ml_collections
@@ -20,8 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dr_jax import config, predict, provenance, report, train
+from dr_jax import config, metrics, predict, provenance, pseudo, report, train
 from dr_jax.errors import UserError
+from dr_jax.fetch import ANSWERS_FILE
 from dr_jax.files import atomic_write_text
 
 # --quick: two epochs on the first 2,000 training rows, enough to smoke-test a sweep's configs
@@ -54,21 +52,9 @@ def _defines_grid(path: pathlib.Path) -> bool:
 
 def _load_grid(path: pathlib.Path) -> list[tuple[str, ml_collections.ConfigDict]]:
   """Imports a config file (its siblings importable, as for get_config) and calls get_grid()."""
-  spec = importlib.util.spec_from_file_location(f"_dr_jax_grid_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, str(path.parent))
-  try:
-    spec.loader.exec_module(module)
+  module = config.load_module(path)
+  with config.user_code(path):
     grid = list(module.get_grid())
-  except UserError:
-    raise
-  except Exception as e:  # A user's grid may raise anything; report where, in one line.
-    frame = traceback.extract_tb(e.__traceback__)[-1]
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise UserError(f"config file {path} raised {type(e).__name__}: {first} (at "
-                    f"{pathlib.Path(frame.filename).name}:{frame.lineno})") from None
-  finally:
-    sys.path.remove(str(path.parent))
   if not grid:
     raise UserError(f"config file {path}: get_grid() returned no variants")
   for item in grid:
@@ -103,7 +89,11 @@ def plan(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
                         f"{workdir / name})")
       names.add(name)
       cfg = config.apply_overrides(cfg, overrides)
-      config.check(cfg)
+      try:
+        config.check(cfg)
+      except UserError as e:  # Say which of the sweep's configs it is.
+        where = path if name == pathlib.Path(path).stem else f"{path} ({name})"
+        raise UserError(f"{where}: {e}") from None
       for i in range(seeds):
         runs.append(Run(name, i, config.apply_overrides(cfg, [f"seed={cfg.seed + i}"]),
                         pathlib.Path(workdir) / name / f"seed{i}"))
@@ -125,24 +115,25 @@ def _check_same_config(run: Run) -> None:
 def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
   """Trains (or resumes), predicts and scores one run, then writes its result.json atomically."""
   data_dir = pathlib.Path(data_dir)
-  metrics = run.run_dir / "metrics.jsonl"
-  resumed = metrics.is_file() and bool(metrics.read_text().strip())
+  metrics_file = run.run_dir / "metrics.jsonl"
+  resumed = metrics_file.is_file() and bool(metrics_file.read_text().strip())
   result = {"config": run.name, "seed_index": run.seed_index, "seed": run.cfg.seed,
             "status": "ok", "best_val_accuracy": None, "test_accuracy": None,
             "best_epoch": None, "epochs": run.cfg.num_epochs, "wall_s": None,
             "images_per_s": None, "resumed": resumed, "run_dir": str(run.run_dir)}
   start = time.time()
   try:
-    summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir)
+    summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir,
+                                       pseudo.for_config(run.cfg, data_dir))
   except train.TrainingDiverged as e:
     # Deterministic for this config and seed, so it is recorded (not retried) and the sweep
     # goes on with the other runs.
-    _log(f"{run.name} seed{run.seed_index}: {e}")
+    metrics.log(f"{run.name} seed{run.seed_index}: {e}")
     result.update(status="diverged", error=str(e))
   else:
     out, _ = predict.predict(run.run_dir, data_dir)
-    answers = data_dir / "test_answers.csv"
-    records = report.read_metrics(run.run_dir)
+    answers = data_dir / ANSWERS_FILE
+    records = metrics.read_metrics(run.run_dir)
     result.update(best_val_accuracy=summary["best_val_accuracy"],
                   best_epoch=summary["best_epoch"], epochs=summary["epochs"],
                   test_accuracy=predict.score(out, answers) if answers.is_file() else None,
@@ -166,10 +157,10 @@ def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
     where = f"[{k}/{len(runs)}] {run.name} seed{run.seed_index} (seed {run.cfg.seed})"
     done = run.run_dir / RESULT
     if done.is_file():
-      _log(f"{where}: finished earlier, skipped")
+      metrics.log(f"{where}: finished earlier, skipped")
       results.append(json.loads(done.read_text()))
       continue
-    _log(f"{where}: training in {run.run_dir}")
+    metrics.log(f"{where}: training in {run.run_dir}")
     results.append(run_one(run, data_dir))
     # Rewritten after every run, so an unattended sweep's progress can be read at any time.
     write_results(workdir, results)
@@ -275,7 +266,3 @@ def write_results(workdir: pathlib.Path, results: list[dict[str, Any]]) -> None:
   atomic_write_text(workdir / "results.csv", results_csv(results))
   atomic_write_text(workdir / "results.md", results_markdown(results))
   report.save_figure(plot_results(results), workdir / "results.png")
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)

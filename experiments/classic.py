@@ -1,4 +1,4 @@
-"""The classic CNN's best 15-minute run on a 2-core CPU (the main run before default.py's strided CNN).
+"""The classic CNN's best 15-minute run on a 2-core CPU (default.py is the strided CNN's).
 
 The classic Kaggle CNN with the seed post's augmentation, RMSprop under a one-cycle learning
 rate (warm up, then anneal to ~0: the best use of a fixed budget of epochs), and a 10%
@@ -7,7 +7,8 @@ images of noise and often lands mid-training. 26 epochs: at the ~28 s an epoch t
 2-core CPU, the most that fit 15 minutes end to end with a 10% margin for a slower machine.
 The ablations in experiments/ablations/ are one-change deltas on this file.
 Command: dr-jax run --config experiments/classic.py
-Expected: see README "Results" (accuracy on the local answers and wall time, measured there).
+Measured (2-core AMD EPYC, embedded data, jax 0.10.2; docs/results.md): local test accuracy
+0.99486 (144 of 28,000 wrong), 12.6 min end to end.
 """
 
 from dr_jax.config import get_base_config

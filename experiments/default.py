@@ -1,4 +1,4 @@
-"""The README's main run: the best local accuracy that fits in about 15 minutes on a 2-core CPU.
+"""`dr-jax run`'s config: the best local accuracy that fits in about 15 minutes on a 2-core CPU.
 
 The strided CNN of the 99.75% Kaggle ensembles (3×3 convs + batch-norm, stride-2 5×5 convs; half
 the classic CNN's FLOPs and, with its training formulation, 1.2× its training speed here) under a
@@ -7,10 +7,11 @@ and a 10% validation split: with 2.5% (1,050 images) the best-accuracy checkpoin
 or two images of noise. 30 epochs: at the ~23 s an epoch takes on the 2-core CPU, the most that
 fit 15 minutes end to end with a 10% margin for a slower machine. One view at predict
 (predict.tta = 1): on the validation splits of four strided runs 5 views were not clearly better
-(`dr-jax validate`: 267 vs 271 errors of 71,400; README "Ensembles and test-time augmentation").
+(`dr-jax validate`: 267 vs 271 errors of 71,400; docs/ensembles.md).
 The classic CNN's 15-minute run is experiments/classic.py.
 Command: dr-jax run   (or: dr-jax train --config experiments/default.py --workdir runs/default)
-Expected: see README "Results" (accuracy on the local answers and wall time, measured there).
+Measured (2-core AMD EPYC, embedded data, jax 0.10.2; docs/results.md): local test accuracy
+0.99575 (seed 0; 119 of 28,000 wrong) and 0.99571 (seed 1), 12.4 min end to end.
 """
 
 import pathlib

@@ -8,8 +8,7 @@ Command: dr-jax train --config experiments/ensemble_full.py --workdir runs/ensem
 Measured (one NVIDIA H200, JAX 0.11.2, embedded data; experiments/gpu_ensemble_full.sh with
 seeds 0 and 1 trained side by side, 357 s wall for both, ~87,000 member-images/s each): local
 test accuracy 0.99650 and 0.99625 (98 and 105 wrong of 28,000; --tta 5: 0.99646 / 0.99643;
---vote: 0.99646 / 0.99639). An earlier version's run (alone, 241 s wall, 39 s of it compiling):
-0.9963. The 99.75% of the published recipe is not reached on these local answers.
+--vote: 0.99646 / 0.99639). The 99.75% of the published recipe is not reached on these local answers.
 """
 
 import pathlib

@@ -2,7 +2,7 @@
 
 Command: dr-jax train --config experiments/kaggle_0997.py --workdir runs/kaggle_0997
 Expected: ~99.6% on the local answers (the kernel's public score is 0.997); 30 epochs of 37.8k
-images take about 30 x 31 s ~ 16 minutes at the bench rate on the README's 2-core CPU; not
+images take about 30 x 31 s ~ 16 minutes at the bench rate on a 2-core AMD EPYC; not
 measured end to end here.
 """
 

@@ -1,7 +1,8 @@
 """The stronger single model of the 99.75% Kaggle ensembles: 3x3 convs + batch-norm, stride-2 5x5.
 
 Command: dr-jax train --config experiments/strided.py --workdir runs/strided
-Expected: see README "Results" (accuracy and time measured there on the 2-core CPU).
+Expected: not measured end to end with these settings; default.py (the same model, one-cycle
+schedule, 30 epochs) scores 0.99575 in 12.4 min on a 2-core CPU (docs/results.md).
 """
 
 import ml_collections

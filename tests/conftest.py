@@ -1,17 +1,43 @@
-"""Shared fixtures: a tiny learnable Kaggle-format dataset and a runner for the `dr-jax` CLI."""
+"""Shared fixtures: a tiny learnable Kaggle-format dataset and runners for the `dr-jax` CLI.
+
+Every test process (xdist workers and the CLI subprocesses tests start) shares one persistent
+JAX compilation cache, <rootdir>/.pytest_cache/jax unless JAX_COMPILATION_CACHE_DIR names
+another, kept across runs: a program compiled once is loaded from disk afterwards.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pathlib
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 
 PIXEL_HEADER = ",".join(f"pixel{i}" for i in range(784))
+# JAX's persistent-cache options as environment variables (read when jax is imported): every
+# compiled program is cached, however quick its compile or small its executable.
+JAX_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  """Points this process, and the subprocesses it starts, at the suite's compilation cache
+  (JAX_COMPILATION_CACHE_DIR, when set, names another one)."""
+  cache = pathlib.Path(os.environ.get("JAX_COMPILATION_CACHE_DIR")
+                       or config.rootpath / ".pytest_cache" / "jax").absolute()
+  cache.mkdir(parents=True, exist_ok=True)
+  os.environ.update(JAX_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=str(cache))
+  if "jax" in sys.modules:  # Imported before this hook (by a plugin): set the options directly.
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +74,8 @@ def write_kaggle_dir(path: pathlib.Path, n_train: int = 400, n_test: int = 100,
 
 
 # Plain SGD without dropout or augmentation: a smooth update, so parameters after a few steps on
-# several devices or processes differ from 1 device only by float summation order (RMSprop's g/sqrt(v) near v = 0
-# amplifies that noise into sign flips, which would hide a real difference).
+# several devices or processes differ from 1 device only by float summation order (RMSprop's
+# g/sqrt(v) near v = 0 amplifies that noise into sign flips, which would hide a real difference).
 SMOOTH = ["--config.optimizer.name=sgd", "--config.optimizer.lr=0.05",
           "--config.schedule.name=constant", "--config.augment.rotation=0",
           "--config.augment.zoom=0", "--config.augment.shift=0",
@@ -82,19 +108,64 @@ def data_dir(kaggle_dir: Callable[..., pathlib.Path]) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def kaggle_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., pathlib.Path]:
-  """Factory of fresh tiny Kaggle-format data dirs: `kaggle_dir(n_train=400, n_test=100, seed=0)`."""
+  """Factory of fresh tiny Kaggle-format data dirs:
+  `kaggle_dir(n_train=400, n_test=100, seed=0)`."""
   return lambda **kwargs: write_kaggle_dir(tmp_path_factory.mktemp("data"), **kwargs)
 
 
 @pytest.fixture(scope="session")
 def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-  """Environment for CLI subprocesses: CPU only, and a throwaway HOME and cache (no credentials)."""
+  """Environment for CLI subprocesses: CPU only, a throwaway HOME and data cache (no
+  credentials), and the suite's JAX compilation cache."""
   home = tmp_path_factory.mktemp("home")
   env = {k: v for k, v in os.environ.items()
          if not k.startswith("KAGGLE_") and k != "XDG_CACHE_HOME"}
   env.update(JAX_PLATFORMS="cpu", HOME=str(home), DR_JAX_CACHE=str(home / "cache"),
-             PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+             PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **JAX_CACHE_ENV,
+             JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"])
   return env
+
+
+@contextlib.contextmanager
+def cli_isolation(cli_env: dict[str, str]) -> Iterator[None]:
+  """This process's environment as `cli_env` gives it to subprocesses, for in-process runs:
+  the same throwaway HOME and data cache, no Kaggle credentials."""
+  with pytest.MonkeyPatch.context() as mp:
+    for key in [k for k in os.environ if k.startswith("KAGGLE_")] + ["XDG_CACHE_HOME"]:
+      mp.delenv(key, raising=False)
+    for key in ("HOME", "DR_JAX_CACHE"):
+      mp.setenv(key, cli_env[key])
+    yield
+
+
+def call_main(args: tuple[str | os.PathLike, ...]) -> tuple[int, str, str]:
+  """`dr_jax.cli.main(ARGS)` in this process; returns (returncode, stdout, stderr).
+
+  main returns 2 after printing one line for a UserError; argparse's own errors exit 2."""
+  from dr_jax import cli
+
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = cli.main([str(arg) for arg in args])
+    except SystemExit as e:
+      code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+  return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cli_main(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+             ) -> Callable[..., tuple[int, str, str]]:
+  """Runs `dr-jax ARGS...` in this process (no interpreter start, and programs compiled
+  by earlier tests are reused); returns (returncode, stdout, stderr) like `run_cli`."""
+
+  def run(*args: str | os.PathLike, cwd: pathlib.Path | None = None) -> tuple[int, str, str]:
+    if cwd is not None:
+      monkeypatch.chdir(cwd)
+    with cli_isolation(cli_env):
+      return call_main(args)
+
+  return run
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Tests of dr_jax.build: what a config builds (splits, test images, preprocessing, member map)."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,3 +79,28 @@ def test_model_is_the_configured_architecture_with_its_kwargs():
   model = build.model(tiny_config(**{"model.kwargs.dense": 48}))
   assert isinstance(model, models.ClassicCNN)
   assert (model.widths, model.dense) == ((8, 16), 48)
+
+
+@settings(max_examples=30, deadline=None)
+@given(members=st.integers(1, 4), n=st.integers(10, 40), extra=st.integers(0, 15),
+       seed=st.integers(0, 2**16))
+def test_with_training_rows_adds_the_same_rows_to_every_member_and_keeps_validation(
+    members, n, extra, seed):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  orders = [rng.permutation(n) for _ in range(members)]
+  split = build.Split(images, labels, np.stack([o[: n - 5] for o in orders]),
+                      np.stack([o[n - 5:] for o in orders]), 0.0, 255.0,
+                      pathlib.Path("train.csv"), "digest")
+  new_images = rng.integers(0, 256, (extra, 28, 28, 1), dtype=np.uint8)
+  new_labels = rng.integers(0, 10, extra).astype(np.int32)
+  grown = split.with_training_rows(new_images, new_labels)
+  np.testing.assert_array_equal(grown.val_idx, split.val_idx)
+  np.testing.assert_array_equal(grown.images[:n], images)
+  assert grown.train_idx.shape == (members, n - 5 + extra)
+  for member in range(members):
+    np.testing.assert_array_equal(grown.train_idx[member, : n - 5], split.train_idx[member])
+    added = grown.train_idx[member, n - 5:]
+    np.testing.assert_array_equal(grown.images[added], new_images)
+    np.testing.assert_array_equal(grown.labels[added], new_labels)

@@ -1,19 +1,73 @@
 """Tests of dr_jax.checkpoint (damaged checkpoints are covered by the CLI tests)."""
 
 import numpy as np
+import pytest
 
-from dr_jax import checkpoint
+from dr_jax import checkpoint, optim
+from dr_jax.run_state import RunState
+
+
+def _run(epoch: int, best_epoch: int, best_accuracy: float) -> RunState:
+  return RunState(epoch, (optim.PlateauState(1e-3),), (best_epoch,), (best_accuracy,), (0.1,),
+                  (0.0, 255.0))
+
+
+def _tree(value: float) -> dict:
+  return {"w": np.full((2, 3), value, np.float32)}
 
 
 def test_save_then_restore_round_trips(tmp_path):
   tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-  meta = {"epoch": 3, "norm": [0.0, 1.0]}
+  run = _run(3, 3, 0.9)
   with checkpoint.Checkpoints(tmp_path) as ckpts:
-    ckpts.save("best", 3, tree, meta)
-    ckpts.wait()
+    ckpts.save("best", tree, run)
   with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
     assert ckpts.latest_epoch("best") == 3
     assert ckpts.latest_epoch("latest") is None
-    restored, restored_meta = ckpts.restore("best", target=tree)
+    restored, restored_run = ckpts.restore("best", target=tree)
   np.testing.assert_array_equal(restored["w"], tree["w"])
-  assert restored_meta["epoch"] == 3
+  assert restored_run == run
+
+
+def test_a_new_run_has_nothing_to_resume(tmp_path):
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    assert ckpts.resume(_tree(0), _tree(0)) is None
+
+
+def test_save_epoch_writes_best_only_when_given_and_latest_always(tmp_path):
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save_epoch(_tree(1), _tree(1), _run(1, 1, 0.5))
+    ckpts.save_epoch(_tree(2), None, _run(2, 1, 0.5))  # No member improved.
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    assert (ckpts.latest_epoch("best"), ckpts.latest_epoch("latest")) == (1, 2)
+    state, best, run = ckpts.resume(_tree(0), _tree(0))
+  assert (state["w"][0, 0], best["w"][0, 0], run.epoch, run.best_epoch) == (2, 1, 2, 1)
+
+
+def test_resume_keeps_a_best_saved_after_the_latest(tmp_path):
+  """Killed between an epoch's best save and its latest save: that best is not lost."""
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save_epoch(_tree(1), _tree(1), _run(1, 1, 0.5))
+    ckpts.save("best", _tree(2), _run(2, 2, 0.8))  # Epoch 2's best landed; its latest did not.
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    state, best, run = ckpts.resume(_tree(0), _tree(0))
+  assert state["w"][0, 0] == 1 and best["w"][0, 0] == 2
+  assert run.epoch == 1  # Epoch 2 is trained again,
+  # but against epoch 2's best, so a worse rerun cannot overwrite it.
+  assert (run.member_best_epoch, run.member_best_val_accuracy) == ((2,), (0.8,))
+
+
+def test_saving_an_epoch_again_replaces_it(tmp_path):
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save("latest", _tree(1), _run(1, 1, 0.5))
+    ckpts.wait()
+    ckpts.save("latest", _tree(5), _run(1, 1, 0.5))
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    state, _ = ckpts.restore("latest", target=_tree(0))
+  assert state["w"][0, 0] == 5
+
+
+def test_restore_without_a_checkpoint_says_train_first(tmp_path):
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    with pytest.raises(Exception, match="no best checkpoint .* train first"):
+      ckpts.restore("best")

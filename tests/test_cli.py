@@ -1,4 +1,10 @@
-"""End-to-end tests of the `dr-jax` command line, each command run in a subprocess on tiny data."""
+"""End-to-end tests of the `dr-jax` command line on tiny data.
+
+Commands run in this process through `cli.main` (the `cli_main` fixture), which parses, dispatches
+and reports errors exactly as `dr-jax` does; what needs a real process runs in a subprocess
+(`run_cli`): `--help`, `run` and `bench` (slow tier), and predict on a corrupt checkpoint, whose
+one-line error relies on the process exiting at once.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,15 @@ import shutil
 
 import pytest
 
+from conftest import call_main, cli_isolation
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = REPO / "experiments" / "tiny.py"
 QUICK = ("--config.data.subset=300", "--config.num_epochs=2")
+# The trained fixture's model and step sizes: conftest.tiny_config's, whose compiled programs the
+# other modules' tiny runs put in the shared compilation cache.
+NARROW = ("--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=32",
+          "--config.train.steps_per_call=3", "--config.train.eval_batch_size=16")
 ACCURACY = re.compile(r"accuracy: (0\.\d{5}|1\.00000)")
 # Lines JAX, absl or TensorStore may log on their own; they are not the CLI's output.
 LOG_NOISE = re.compile(r"^(WARNING|[IWEF]\d{4} )")
@@ -41,7 +53,8 @@ def assert_user_error(result: tuple[int, str, str], *fragments: str) -> str:
 def snapshot(root: pathlib.Path) -> dict[str, tuple[int, str] | None]:
   """Every path under `root`: (mtime_ns, sha256) for a file, None for a directory."""
   return {str(p.relative_to(root)):
-          (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) if p.is_file() else None
+          (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+          if p.is_file() else None
           for p in root.rglob("*")}
 
 
@@ -66,20 +79,23 @@ def data(kaggle_dir) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def trained(run_cli, data, tmp_path_factory) -> tuple[pathlib.Path, str]:
-  """A workdir trained once with experiments/tiny.py, and the train command's stdout."""
+def trained(cli_env, data, tmp_path_factory) -> tuple[pathlib.Path, str]:
+  """A workdir trained once (in-process) with experiments/tiny.py, and the train command's
+  stdout."""
   workdir = tmp_path_factory.mktemp("trained") / "run"
-  code, out, err = run_cli("train", "--config", TINY, "--workdir", workdir, "--data-dir", data,
-                           *QUICK)
+  with cli_isolation(cli_env):
+    code, out, err = call_main(("train", "--config", TINY, "--workdir", workdir, "--data-dir",
+                                data, *QUICK, *NARROW))
   assert code == 0, err
   return workdir, out
 
 
 @pytest.fixture(scope="module")
-def predicted(run_cli, trained, data) -> tuple[pathlib.Path, str]:
+def predicted(cli_env, trained, data) -> tuple[pathlib.Path, str]:
   """The trained workdir's default submission.csv, and the predict command's stdout."""
   workdir, _ = trained
-  code, out, err = run_cli("predict", "--workdir", workdir, "--data-dir", data)
+  with cli_isolation(cli_env):
+    code, out, err = call_main(("predict", "--workdir", workdir, "--data-dir", data))
   assert code == 0, err
   return workdir / "submission.csv", out
 
@@ -133,21 +149,21 @@ def test_predict_writes_one_row_per_test_image(predicted, data):
   assert set(labels) <= set(range(10))
 
 
-def test_predict_blends_several_runs_into_out(run_cli, trained, predicted, data, tmp_path):
+def test_predict_blends_several_runs_into_out(cli_main, trained, predicted, data, tmp_path):
   out = tmp_path / "blend.csv"
-  assert_user_error(run_cli("predict", "--workdir", trained[0], "--workdir", trained[0],
+  assert_user_error(cli_main("predict", "--workdir", trained[0], "--workdir", trained[0],
                             "--data-dir", data), "--out")
-  code, stdout, err = run_cli("predict", "--workdir", trained[0], "--workdir", trained[0],
+  code, stdout, err = cli_main("predict", "--workdir", trained[0], "--workdir", trained[0],
                               "--data-dir", data, "--out", out)
   assert code == 0, err
   assert stdout.strip() == str(out) and "blend of 2 runs, 2 members" in err
   assert out.read_text() == predicted[0].read_text()  # A run blended with itself is itself.
 
 
-def test_score_with_default_and_explicit_answers(run_cli, predicted, data):
+def test_score_with_default_and_explicit_answers(cli_main, predicted, data):
   path, _ = predicted
   for extra in ((), ("--answers", data / "test_answers.csv")):
-    code, out, err = run_cli("score", path, "--data-dir", data, *extra)
+    code, out, err = cli_main("score", path, "--data-dir", data, *extra)
     assert code == 0, err
     last = out.strip().splitlines()[-1]
     assert ACCURACY.fullmatch(last), out
@@ -155,8 +171,8 @@ def test_score_with_default_and_explicit_answers(run_cli, predicted, data):
     assert float(last.split()[-1]) > 0.5
 
 
-def test_validate_prints_a_row_per_tta_count(run_cli, trained, data):
-  code, out, err = run_cli("validate", "--workdir", trained[0], "--data-dir", data,
+def test_validate_prints_a_row_per_tta_count(cli_main, trained, data):
+  code, out, err = cli_main("validate", "--workdir", trained[0], "--data-dir", data,
                            "--tta", "1", "5")
   assert code == 0, err
   header, rule, *rows = out.strip().splitlines()
@@ -166,12 +182,13 @@ def test_validate_prints_a_row_per_tta_count(run_cli, trained, data):
   assert abs(float(rows[0].split(" | ")[2].rstrip(" |")) - best) < 1e-4, (rows, best)
 
 
-def test_summary_prints_parameter_count(run_cli):
-  code, out, err = run_cli("summary", "--config", TINY)
+def test_summary_prints_parameter_count(cli_main):
+  code, out, err = cli_main("summary", "--config", TINY)
   assert code == 0, err
   assert "887,530" in out
 
 
+@pytest.mark.slow
 def test_run_does_the_whole_pipeline_on_windows_saved_csvs(run_cli, kaggle_dir, tmp_path):
   data = kaggle_dir()
   for name in ("train.csv", "test.csv"):  # As a Windows editor saves them: CRLF and a UTF-8 BOM.
@@ -190,21 +207,22 @@ def test_run_does_the_whole_pipeline_on_windows_saved_csvs(run_cli, kaggle_dir, 
   assert {k: v for k, v in snapshot(data).items() if not k.startswith(".cache")} == before
 
 
-def test_fetch_reuses_existing_files(run_cli, kaggle_dir):
+def test_fetch_reuses_existing_files(cli_main, kaggle_dir):
   data = kaggle_dir()
   before = snapshot(data)
-  code, out, err = run_cli("fetch", "--data-dir", data)
+  code, out, err = cli_main("fetch", "--data-dir", data)
   assert code == 0, err
   assert out.startswith("existing:")
   assert snapshot(data) == before
 
 
-def test_fetch_from_kaggle_without_credentials(run_cli, tmp_path):
-  assert_user_error(run_cli("fetch", "--data-dir", tmp_path / "d", "--source", "kaggle"),
+def test_fetch_from_kaggle_without_credentials(cli_main, tmp_path):
+  assert_user_error(cli_main("fetch", "--data-dir", tmp_path / "d", "--source", "kaggle"),
                     "kaggle.json")
   assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_bench_prints_json_figures_and_a_profile(run_cli, tmp_path):
   code, out, err = run_cli("bench", "--config", TINY, "--steps", "2", "--repeats", "1",
                            "--predict-images", "200", "--trace", tmp_path / "trace")
@@ -252,14 +270,14 @@ def _gzip_bytes(lines):
                  ["train.csv", "line 7", "label", "12"], id="label-12"),
     pytest.param(_gzip_bytes, ["train.csv", "cannot be read"], id="gzip-named-csv"),
 ])
-def test_train_rejects_bad_data(run_cli, data, guarded, tmp_path, make_train, fragments):
+def test_train_rejects_bad_data(cli_main, data, guarded, tmp_path, make_train, fragments):
   content = make_train((data / "train.csv").read_text().splitlines(keepends=True))
   if isinstance(content, str):
     (tmp_path / "train.csv").write_text(content)
   elif content is not None:
     (tmp_path / "train.csv").write_bytes(content)
   before = snapshot(guarded)
-  assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir",
+  assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded, "--data-dir",
                             tmp_path, *QUICK), *fragments)
   assert snapshot(guarded) == before
 
@@ -267,41 +285,41 @@ def test_train_rejects_bad_data(run_cli, data, guarded, tmp_path, make_train, fr
 # Bad configs and arguments.
 
 
-def test_unknown_config_key_suggests_the_closest(run_cli, data, guarded):
+def test_unknown_config_key_suggests_the_closest(cli_main, data, guarded):
   before = snapshot(guarded)
-  assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
+  assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             "--config.optimizer.lrr=1"), "optimizer.lrr", "optimizer.lr?")
   assert snapshot(guarded) == before
 
 
-def test_a_pseudo_label_teacher_that_was_never_trained(run_cli, data, guarded, tmp_path):
+def test_a_pseudo_label_teacher_that_was_never_trained(cli_main, data, guarded, tmp_path):
   before = snapshot(guarded)
-  assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
+  assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             f"--config.pseudo.teacher={tmp_path / 'none'}"),
                     "pseudo.teacher=", "not a dr_jax run directory", "train first")
   assert snapshot(guarded) == before
 
 
-def test_wrong_typed_override(run_cli, data, guarded):
-  assert_user_error(run_cli("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
+def test_wrong_typed_override(cli_main, data, guarded):
+  assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             "--config.num_epochs=abc"), "num_epochs=abc", "int")
 
 
-def test_config_file_not_found(run_cli, data, tmp_path):
-  assert_user_error(run_cli("train", "--config", tmp_path / "nope.py", "--workdir",
+def test_config_file_not_found(cli_main, data, tmp_path):
+  assert_user_error(cli_main("train", "--config", tmp_path / "nope.py", "--workdir",
                             tmp_path / "run", "--data-dir", data), "nope.py", "not found")
 
 
-def test_config_file_that_raises(run_cli, data, tmp_path):
+def test_config_file_that_raises(cli_main, data, tmp_path):
   config = tmp_path / "broken.py"
   config.write_text("def get_config():\n  raise ValueError('no such experiment')\n")
-  assert_user_error(run_cli("train", "--config", config, "--workdir", tmp_path / "run",
+  assert_user_error(cli_main("train", "--config", config, "--workdir", tmp_path / "run",
                             "--data-dir", data),
                     "broken.py", "ValueError", "no such experiment", "broken.py:2")
 
 
-def test_override_on_a_command_without_config(run_cli, predicted, data):
-  assert_user_error(run_cli("score", predicted[0], "--data-dir", data, "--config.seed=1"),
+def test_override_on_a_command_without_config(cli_main, predicted, data):
+  assert_user_error(cli_main("score", predicted[0], "--data-dir", data, "--config.seed=1"),
                     "--config.seed=1", "score")
 
 
@@ -309,7 +327,7 @@ def test_override_on_a_command_without_config(run_cli, predicted, data):
 
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["empty-dir", "config-only"])
-def test_predict_without_checkpoint(run_cli, trained, data, tmp_path, with_config):
+def test_predict_without_checkpoint(cli_main, trained, data, tmp_path, with_config):
   workdir = tmp_path / "run"
   workdir.mkdir()
   if with_config:
@@ -317,29 +335,29 @@ def test_predict_without_checkpoint(run_cli, trained, data, tmp_path, with_confi
   out = tmp_path / "submission.csv"
   out.write_text(SENTINEL)
   before = snapshot(tmp_path)
-  assert_user_error(run_cli("predict", "--workdir", workdir, "--data-dir", data, "--out", out),
+  assert_user_error(cli_main("predict", "--workdir", workdir, "--data-dir", data, "--out", out),
                     "checkpoint" if with_config else "config.json", str(workdir))
   assert snapshot(tmp_path) == before
 
 
-def test_predict_rejects_test_file_with_labels(run_cli, trained, data, tmp_path):
+def test_predict_rejects_test_file_with_labels(cli_main, trained, data, tmp_path):
   shutil.copy(data / "train.csv", tmp_path / "test.csv")
   out = tmp_path / "submission.csv"
-  assert_user_error(run_cli("predict", "--workdir", trained[0], "--data-dir", tmp_path, "--out",
+  assert_user_error(cli_main("predict", "--workdir", trained[0], "--data-dir", tmp_path, "--out",
                             out), "test.csv", "label")
   assert not out.exists()
 
 
-def test_validate_and_predict_reject_a_bad_tta(run_cli, trained, data):
+def test_validate_and_predict_reject_a_bad_tta(cli_main, trained, data):
   for command in ("validate", "predict"):
-    assert_user_error(run_cli(command, "--workdir", trained[0], "--data-dir", data, "--tta", "0"),
+    assert_user_error(cli_main(command, "--workdir", trained[0], "--data-dir", data, "--tta", "0"),
                       "--tta 0")
 
 
-def test_validate_and_report_reject_another_train_csv(run_cli, trained, kaggle_dir):
+def test_validate_and_report_reject_another_train_csv(cli_main, trained, kaggle_dir):
   other = kaggle_dir(n_train=300, n_test=20, seed=1)
   for args in (("validate", "--workdir", trained[0]), ("report", trained[0])):
-    assert_user_error(run_cli(*args, "--data-dir", other), str(other / "train.csv"),
+    assert_user_error(cli_main(*args, "--data-dir", other), str(other / "train.csv"),
                       "holds other digits", "--data-dir")
 
 
@@ -359,6 +377,7 @@ def test_predict_on_corrupt_checkpoint_array_data(run_cli, workdir_copy, data):
   assert snapshot(workdir_copy) == before
 
 
+@pytest.mark.slow
 def test_predict_on_corrupt_checkpoint_index(run_cli, workdir_copy, data):
   best = next((workdir_copy / "checkpoints" / "best").iterdir())
   _garble(list((best / "state" / "d").iterdir()))
@@ -378,7 +397,7 @@ def test_predict_on_corrupt_checkpoint_index(run_cli, workdir_copy, data):
     pytest.param(lambda lines: ["Id,Label"] + lines[1:], ["Id,Label", "ImageId,Label"],
                  id="wrong-header"),
 ])
-def test_score_rejects_bad_submission(run_cli, predicted, data, tmp_path, edit, fragments):
+def test_score_rejects_bad_submission(cli_main, predicted, data, tmp_path, edit, fragments):
   bad = tmp_path / "bad.csv"
   bad.write_text("\n".join(edit(predicted[0].read_text().splitlines())) + "\n")
-  assert_user_error(run_cli("score", bad, "--data-dir", data), str(bad), *fragments)
+  assert_user_error(cli_main("score", bad, "--data-dir", data), str(bad), *fragments)

@@ -2,6 +2,7 @@
 
 import ast
 import pathlib
+import subprocess
 import sys
 
 import ml_collections
@@ -174,17 +175,107 @@ def test_apply_overrides_needs_an_equals_sign():
                  "num_epochs", "KEY=VALUE")
 
 
-@pytest.mark.parametrize("key,value", [
-    ("batch_size", 0), ("num_epochs", 0), ("num_epochs", -1), ("train.steps_per_call", 0),
-    ("train.eval_batch_size", 0), ("optimizer.lr", 0.0), ("optimizer.lr", -1e-3),
-    ("augment.shift", 1.0), ("augment.shift", -0.1), ("augment.zoom", 1.5),
-    ("ensemble.vectorize", "pmap"), ("predict.tta", 0), ("predict.tta", 10),
-    ("pseudo.threshold", 0.0), ("pseudo.threshold", 1.5), ("train.early_stop", -1)])
-def test_check_rejects_bad_values(key, value):
-  c = config_mod.get_base_config()
+def set_key(c, key, value):
+  """Sets a dotted key of a config in place."""
   *parents, leaf = key.split(".")
   node = c
   for name in parents:
     node = node[name]
   node[leaf] = value
-  one_line_error(lambda: config_mod.check(c), key.split(".")[-1])
+
+
+# Every bad value fails in check() with a one-line error naming the key and the value.
+BAD_VALUES = [
+    ("seed", -1), ("batch_size", 0), ("num_epochs", 0), ("num_epochs", -1),
+    ("train.steps_per_call", 0), ("train.eval_batch_size", 0), ("train.early_stop", -1),
+    ("ensemble.size", 0), ("optimizer.lr", 0.0), ("optimizer.lr", -1e-3),
+    ("optimizer.rho", -0.1), ("optimizer.rho", 1.0), ("optimizer.eps", 0.0),
+    ("optimizer.momentum", -0.5), ("optimizer.momentum", 1.0),
+    ("schedule.factor", 0.0), ("schedule.factor", 1.0), ("schedule.patience", -1),
+    ("schedule.min_lr", -1e-5), ("schedule.min_delta", -1e-4), ("schedule.cooldown", -1),
+    ("schedule.decay", 0.0), ("schedule.decay", 1.5), ("schedule.warmup_fraction", -0.1),
+    ("schedule.warmup_fraction", 1.0), ("data.val_fraction", 0.0), ("data.val_fraction", 1.0),
+    ("data.subset", -1), ("data.fill_value", 256), ("data.fill_value", -1),
+    ("augment.rotation", -10.0), ("augment.shift", 1.0), ("augment.shift", -0.1),
+    ("augment.zoom", 1.5), ("predict.tta", 0), ("predict.tta", 10),
+    ("pseudo.threshold", 0.0), ("pseudo.threshold", 1.5), ("optimizer.lr", float("nan")),
+    ("model.name", "resnet"), ("model.dtype", "float16"), ("optimizer.name", "adamw"),
+    ("schedule.name", "linear"), ("data.normalization", "minmax"), ("data.nan_policy", "skip"),
+    ("ensemble.vectorize", "pmap")]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_check_rejects_bad_values(key, value):
+  c = config_mod.get_base_config()
+  set_key(c, key, value)
+  one_line_error(lambda: config_mod.check(c), f"{key}={value!r}")
+
+
+def test_bad_values_cover_every_choice_and_range():
+  assert {key for key, _ in BAD_VALUES} >= set(config_mod.CHOICES) | set(config_mod.RANGES)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("data.val_fraction", 0.5), ("data.subset", 0), ("schedule.decay", 1.0),
+    ("schedule.warmup_fraction", 0.0), ("schedule.patience", 0), ("schedule.min_lr", 0.0),
+    ("optimizer.momentum", 0.9), ("augment.rotation", 0.0), ("data.fill_value", 255),
+    ("pseudo.threshold", 1.0), ("model.dtype", "bfloat16")])
+def test_check_accepts_values_at_the_edges(key, value):
+  c = config_mod.get_base_config()
+  set_key(c, key, value)
+  config_mod.check(c)
+
+
+@pytest.mark.parametrize("key,value,allowed,close", [
+    ("schedule.name", "platau", "plateau, constant, cosine, exponential, onecycle", "plateau"),
+    ("model.name", "clasic", "classic, strided", "classic"),
+    ("optimizer.name", "RMSprop", "rmsprop, adam, sgd", "rmsprop"),
+    ("optimizer.name", "lbfgs", "rmsprop, adam, sgd", None),
+    ("data.nan_policy", "dropp", "error, drop, fill", "drop"),
+    ("data.normalization", "standardise", "unit, centered, standardize", "standardize"),
+    ("model.dtype", "bf16", "float32, bfloat16", "bfloat16")])
+def test_bad_choice_names_the_allowed_values_and_a_close_one(key, value, allowed, close):
+  c = config_mod.get_base_config()
+  set_key(c, key, value)
+  with pytest.raises(UserError) as info:
+    config_mod.check(c)
+  message = str(info.value)
+  assert f"config {key}={value!r} is not one of {allowed}" in message
+  assert (f"did you mean {close!r}?" in message) if close else "did you mean" not in message
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("data.val_fraction", 1.5, "must lie in (0, 1)"), ("schedule.decay", 0.0, "must lie in (0, 1]"),
+    ("augment.zoom", 1.0, "must lie in [0, 1)"), ("data.fill_value", 300, "must lie in [0, 255]"),
+    ("data.subset", -5, "must be at least 0"), ("optimizer.eps", 0.0, "must be greater than 0")])
+def test_bad_range_names_the_interval(key, value, words):
+  c = config_mod.get_base_config()
+  set_key(c, key, value)
+  one_line_error(lambda: config_mod.check(c), f"config {key}={value!r} {words}")
+
+
+def test_a_value_that_is_not_a_number_is_a_user_error():
+  one_line_error(lambda: config_mod.check_value("optimizer.lr", "fast"), "optimizer.lr='fast'",
+                 "not a number")
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"widths_typo": (1, 2)}, "widths_typo"), ({"pool": "avg"}, "model.kwargs.pool='avg'")])
+def test_check_rejects_options_the_model_does_not_take(kwargs, fragment):
+  c = config_mod.get_base_config()
+  c.model.kwargs = ml_collections.ConfigDict(dict(c.model.kwargs.to_dict(), **kwargs))
+  one_line_error(lambda: config_mod.check(c), fragment)
+
+
+def test_importing_config_needs_no_jax():
+  """Loading a config file stays fast: dr_jax.config imports neither jax nor numpy."""
+  code = "import sys, dr_jax.config; print(sorted({'jax', 'numpy'} & set(sys.modules)))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
+def test_grid_and_config_files_share_one_loader(tmp_path):
+  path = write(tmp_path, 'import _missing_sibling_for_test\n', "grid.py")
+  one_line_error(lambda: config_mod.load_module(path), "ModuleNotFoundError",
+                 "_missing_sibling_for_test", "grid.py:1", path=path)
+  assert str(tmp_path) not in sys.path

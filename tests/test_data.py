@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dr_jax import data
+from dr_jax import config, data
 from dr_jax.errors import UserError
 
 PIXELS = [f"pixel{i}" for i in range(784)]
@@ -436,7 +436,7 @@ def test_split_is_seeded():
 
 @pytest.mark.parametrize("val_fraction", [0.0, 1.0, -0.1, 1.5])
 def test_split_rejects_fraction_outside_open_interval(val_fraction):
-  with pytest.raises(UserError, match=r"val_fraction.*between 0 and 1"):
+  with pytest.raises(UserError, match=r"data.val_fraction=.* must lie in \(0, 1\)"):
     data.split(np.arange(40), np.arange(40) % 10, val_fraction, 0)
 
 
@@ -496,7 +496,7 @@ def test_unknown_normalization():
     data.normalization_stats(extremes(), "minmax")
 
 
-@pytest.mark.parametrize("method", data.NORMALIZATIONS)
+@pytest.mark.parametrize("method", config.NORMALIZATIONS)
 def test_normalize_jax_matches_numpy(method):
   images = extremes()
   shift, scale = data.normalization_stats(images, method)

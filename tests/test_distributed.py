@@ -57,9 +57,9 @@ def test_incomplete_or_wrong_settings_are_one_clear_error(environ, message):
     distributed.resolve(environ=environ)
 
 
-def test_cli_reports_missing_coordinator_without_traceback(run_cli, tmp_path):
-  code, _, err = run_cli("train", "--config", EXPERIMENTS / "tiny.py", "--workdir",
-                         tmp_path / "w", "--num-processes", "2", "--process-id", "0")
+def test_cli_reports_missing_coordinator_without_traceback(cli_main, tmp_path):
+  code, _, err = cli_main("train", "--config", EXPERIMENTS / "tiny.py", "--workdir",
+                          tmp_path / "w", "--num-processes", "2", "--process-id", "0")
   assert code == 2 and "Traceback" not in err
   assert "need JAX_COORDINATOR_ADDRESS (--coordinator)" in err
   assert not (tmp_path / "w").exists()

@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from dr_jax import models
+from dr_jax import config, models
 from dr_jax.errors import UserError
 
 
@@ -112,13 +112,22 @@ def test_summary_lists_layers_parameters_and_flops():
   assert "887,530" in text and "Conv_0" in text and "Dense_1" in text and "flops" in text.lower()
 
 
-@pytest.mark.parametrize("kwargs", [{"name": "resnet"}, {"name": "classic", "dtype": "fp8"},
-                                    {"name": "classic", "widths_typo": (1, 2)},
-                                    {"name": "classic", "pool": "avg"}])
-def test_bad_model_options_are_user_errors(kwargs):
-  with pytest.raises(UserError):
-    model = models.create_model(**kwargs)
-    models.init_variables(model, jax.random.key(0))
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"name": "resnet"}, "model.name='resnet'"), ({"name": "classic", "dtype": "fp8"}, "fp8"),
+    ({"name": "classic", "widths_typo": (1, 2)}, "widths_typo"),
+    ({"name": "classic", "pool": "avg"}, "model.kwargs.pool='avg'")])
+def test_bad_model_options_are_user_errors(kwargs, fragment):
+  with pytest.raises(UserError, match=fragment) as info:
+    models.create_model(**kwargs)
+  assert "\n" not in str(info.value)
+
+
+def test_registry_covers_the_config_names_with_the_right_modules():
+  assert tuple(models.MODELS) == config.MODELS
+  assert models.MODELS["classic"] is models.ClassicCNN
+  assert models.MODELS["strided"] is models.StridedCNN
+  for dtype in config.DTYPES:
+    assert models.create_model("classic", dtype).dtype == jnp.dtype(dtype)
 
 
 @settings(max_examples=25, deadline=None)

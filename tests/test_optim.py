@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dr_jax import optim
-from dr_jax.config import get_base_config
+from dr_jax.config import OPTIMIZERS, SCHEDULES, get_base_config
 from dr_jax.errors import UserError
 
 
@@ -151,7 +151,7 @@ def flat(tree):
 
 
 @pytest.mark.parametrize("name,momentum,schedule", [
-    *((name, 0.0, schedule) for name in optim.OPTIMIZERS for schedule in optim.SCHEDULES),
+    *((name, 0.0, schedule) for name in OPTIMIZERS for schedule in SCHEDULES),
     ("rmsprop", 0.9, "constant"), ("sgd", 0.9, "cosine")])
 def test_every_optimizer_and_schedule_updates(name, momentum, schedule):
   cfg = schedule_config(schedule, name=name, momentum=momentum)
@@ -164,7 +164,7 @@ def test_every_optimizer_and_schedule_updates(name, momentum, schedule):
   assert 0 < optim.current_lr(state) <= cfg.optimizer.lr * (1 + 1e-6)
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_current_lr_and_set_lr(name):
   tx = optim.make_optimizer(schedule_config("plateau", name=name, lr=3e-3), total_steps=10)
   state = tx.init(params_and_grads()[0])

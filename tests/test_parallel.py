@@ -1,4 +1,4 @@
-"""Data parallelism on 4 simulated CPU devices (each check runs in a fresh process)."""
+"""Data parallelism on 4 simulated CPU devices (each check runs in a fresh process, slow tier)."""
 
 import json
 import pathlib
@@ -32,6 +32,7 @@ def data_dir(kaggle_dir):
   return kaggle_dir(n_train=200, n_test=10)
 
 
+@pytest.mark.slow
 def test_four_devices_train_like_one(tmp_path, data_dir, cli_env):
   """Same parameters after an epoch on 4 devices as on 1, to float32 summation tolerance."""
   runs = {}
@@ -48,6 +49,7 @@ def test_four_devices_train_like_one(tmp_path, data_dir, cli_env):
     np.testing.assert_allclose(flat4[key], flat1[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_batch_is_sharded_across_devices(cli_env):
   script = textwrap.dedent("""
       import json, jax, jax.numpy as jnp
@@ -68,6 +70,7 @@ def test_batch_is_sharded_across_devices(cli_env):
   assert info["shards"] == [[1, 4, 8]] * 4
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path, data_dir, cli_env):
   proc = _train(tmp_path / "bad", data_dir, cli_env, 3)
   assert proc.returncode == 2

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_jax import build, config, data, optim, predict, steps, train
+from dr_jax import build, config, data, evaluate, optim, predict, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -20,8 +20,8 @@ def _predictor(members=1):
   cfg.model.kwargs.dense = 32
   cfg.ensemble.size = members
   state = train.init_state(cfg, optim.make_optimizer(cfg, 1), jax.random.key(0))
-  return predict.Predictor(build.model(cfg).apply, steps.variables(state),
-                           build.preprocess(cfg, 0.0, 255.0, train=False), members, 1, 0.5)
+  return evaluate.Predictor(build.model(cfg).apply, steps.variables(state),
+                            build.preprocess(cfg, 0.0, 255.0, train=False), members)
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (13, 28, 28, 1), dtype=np.uint8)
@@ -112,6 +112,7 @@ def test_score_rejects_wrong_header_and_missing_file(tmp_path):
     predict.score(tmp_path / "nope.csv", answers)
 
 
+@pytest.mark.slow
 def test_predict_writes_atomically_and_round_trips(tmp_path, kaggle_dir):
   data_dir = kaggle_dir(n_train=200, n_test=30)
   cfg = config.get_base_config()
@@ -129,9 +130,10 @@ def test_predict_writes_atomically_and_round_trips(tmp_path, kaggle_dir):
   assert not list(workdir.glob(".submission.csv.*"))
   again, _ = predict.predict(workdir, data_dir, tmp_path / "again.csv")
   assert again.read_text() == out.read_text()
-  assert predictor.members == 1 and predictor.epoch == 1
+  assert predictor.members == 1 and predictor.run.epoch == 1
 
 
+@pytest.mark.slow
 def test_blend_weights_every_member_alike_across_runs(tmp_path, kaggle_dir):
   data_dir = kaggle_dir(n_train=300, n_test=40)
   one, two = tmp_path / "one", tmp_path / "two"
@@ -150,6 +152,7 @@ def test_blend_weights_every_member_alike_across_runs(tmp_path, kaggle_dir):
   assert twice.read_text() == alone.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("own_split", [True, False])
 def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path, kaggle_dir,
                                                                       own_split):
@@ -167,7 +170,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
   assert (result.ensemble_errors is None) == own_split
   if not own_split:
     val = build.load_split(cfg, data_dir).val
-    probs = predict.load_predictor(workdir).probabilities(val.images, tta=3)
+    probs = evaluate.load_predictor(workdir).probabilities(val.images, tta=3)
     assert result.ensemble_errors[1] == (probs.argmax(-1) != val.labels).sum()
   table = result.table().splitlines()
   assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dr_jax import build, cli, models, predict, provenance, report, steps, train
+from dr_jax import build, cli, evaluate, models, predict, provenance, report, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -65,9 +65,9 @@ def test_index_links_every_png_and_gives_the_scores(reported, data_dir):
   assert all((index.parent / link).is_file() for link in links)
   test = predict.score(workdir / "submission.csv", data_dir / "test_answers.csv")
   assert f"| test accuracy | {test:.4f} |" in text
-  predictor = predict.load_predictor(workdir)
-  assert f"| best epoch | {predictor.epoch} of 2 |" in text
-  assert f"| best val accuracy | {predictor.val_accuracy:.4f} " in text
+  predictor = evaluate.load_predictor(workdir)
+  assert f"| best epoch | {predictor.run.epoch} of 2 |" in text
+  assert f"| best val accuracy | {predictor.run.best_val_accuracy:.4f} " in text
 
 
 def test_tensorboard_gets_the_confusion_matrix(reported):
@@ -79,11 +79,11 @@ def test_tensorboard_gets_the_confusion_matrix(reported):
 def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_dir):
   workdir, _ = reported
   split = build.load_split(provenance.read_config(workdir), data_dir)
-  predictor = predict.load_predictor(workdir)
+  predictor = evaluate.load_predictor(workdir)
   predicted = predictor.probabilities(split.val.images).argmax(axis=-1)
   counts = report.confusion_counts(split.val.labels, predicted)
   assert counts.shape == (10, 10) and counts.sum() == len(split.val.labels) == 30
-  assert np.trace(counts) / counts.sum() == pytest.approx(predictor.val_accuracy)
+  assert np.trace(counts) / counts.sum() == pytest.approx(predictor.run.best_val_accuracy)
 
 
 def test_confusion_counts_rows_are_true_columns_predicted():

@@ -75,19 +75,6 @@ def test_fused_steps_equal_sequential_steps():
   assert int(fused_metrics["count"]) == 24
 
 
-def test_eval_step_ignores_masked_rows():
-  state, images, targets = _setup()
-  variables = {"params": state.params}
-  mask = jnp.array([1.0] * 5 + [0.0] * 3)
-  full, logits = steps.eval_step(state.apply_fn, variables, images[:5], targets[:5],
-                                 jnp.ones(5), PRE)
-  padded, _ = steps.eval_step(state.apply_fn, variables, images[:8], targets[:8], mask, PRE)
-  assert logits.shape == (5, 10)
-  assert float(padded["count"]) == 5
-  assert float(padded["loss"]) == pytest.approx(float(full["loss"]), rel=1e-5)
-  assert float(padded["correct"]) == float(full["correct"])
-
-
 def test_batched_logits_match_direct_apply_and_skip_augmentation():
   state, images, _ = _setup()
   variables = {"params": state.params}

@@ -116,9 +116,9 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
   (unfinished / "result.json").unlink()
   calls, original = [], train.train_and_evaluate
 
-  def recording(cfg, run_dir, data_dir):
+  def recording(cfg, run_dir, data_dir, pseudo_labels=None):
     calls.append(run_dir)
-    return original(cfg, run_dir, data_dir)
+    return original(cfg, run_dir, data_dir, pseudo_labels)
 
   monkeypatch.setattr(train, "train_and_evaluate", recording)
   results = sweep.sweep(paths, 2, workdir, data_dir)
@@ -171,6 +171,27 @@ def test_bad_grids_are_one_line_user_errors(tmp_path, grid, message):
   with pytest.raises(UserError) as info:
     sweep.plan([path], 1, tmp_path / "w")
   assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_typo_in_the_last_config_fails_before_any_run_starts(tmp_path, data_dir,
+                                                               monkeypatch):
+  configs = tmp_path / "configs"
+  configs.mkdir()
+  typo = configs / "c.py"
+  typo.write_text('"""Tiny config c."""\n' + TINY + "\n\ndef get_config():\n  c = tiny(1e-3)\n"
+                  "  c.schedule.name = 'platau'\n  return c\n")
+  paths = [write_config(configs, "a", 1e-3), write_config(configs, "b", 2e-3), typo]
+  monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail("trained"))
+  workdir = tmp_path / "sweep"
+  for start in (lambda: sweep.plan(paths, 2, workdir),
+                lambda: sweep.sweep(paths, 2, workdir, data_dir)):
+    with pytest.raises(UserError) as info:
+      start()
+    message = str(info.value)
+    assert message.startswith(f"{typo}: config schedule.name='platau' is not one of")
+    assert "did you mean 'plateau'" in message
+    assert "\n" not in message
+  assert not workdir.exists() and not list(tmp_path.rglob("metrics.jsonl"))
 
 
 def test_summary_counts_diverged_runs_and_shows_no_spread_for_one_seed():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import build, checkpoint, config, data, optim, parallel, steps, train
+from dr_jax import build, checkpoint, config, data, optim, parallel, run_state, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -25,8 +25,8 @@ _cfg = tiny_config
 
 def _params(workdir, kind="latest"):
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
-    state, meta = ckpts.restore(kind)
-  return state["params"], meta
+    state, run = ckpts.restore(kind)
+  return state["params"], run
 
 
 def _metrics(workdir):
@@ -63,9 +63,9 @@ def test_smoke_run_learns_and_writes_everything(smoke_run, data_dir):
 
 def test_best_checkpoint_holds_the_best_epoch(smoke_run):
   workdir, summary = smoke_run
-  _, meta = _params(workdir, "best")
-  assert meta["epoch"] == summary["best_epoch"]
-  assert meta["member_best_val_accuracy"] == [pytest.approx(summary["best_val_accuracy"])]
+  _, run = _params(workdir, "best")
+  assert run.epoch == summary["best_epoch"]
+  assert run.member_best_val_accuracy == (pytest.approx(summary["best_val_accuracy"]),)
 
 
 def test_same_seed_same_result_different_seed_different_result(tmp_path, data_dir, smoke_run):
@@ -101,6 +101,7 @@ def test_finished_run_is_not_retrained(smoke_run, data_dir):
   assert (workdir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(tmp_path, data_dir, monkeypatch):
   workdir = tmp_path / "nan"
   train.train_and_evaluate(_cfg(num_epochs=1), workdir, data_dir)
@@ -113,7 +114,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoints(tmp_path, data
   monkeypatch.setattr(steps, "train_step", poisoned)
   with pytest.raises(train.TrainingDiverged, match=r"epoch 2 step \d+"):
     train.train_and_evaluate(_cfg(num_epochs=2), workdir, data_dir)
-  assert _params(workdir)[1]["epoch"] == 1
+  assert _params(workdir)[1].epoch == 1
 
 
 def test_batch_larger_than_training_set_is_a_user_error(tmp_path, data_dir):
@@ -121,6 +122,7 @@ def test_batch_larger_than_training_set_is_a_user_error(tmp_path, data_dir):
     train.train_and_evaluate(_cfg(batch_size=1000), tmp_path / "big", data_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "exponential", "onecycle"])
 def test_every_schedule_trains(tmp_path, data_dir, schedule):
   workdir = tmp_path / schedule
@@ -148,11 +150,22 @@ def _start(workdir, data_dir, cli_env, epochs):
                           text=True)
 
 
-def _wait_for(path, proc, timeout=240):
-  start = time.time()
-  while not path.exists():
-    assert proc.poll() is None, proc.communicate()
-    assert time.time() - start < timeout, f"{path} never appeared"
+def _latest_epoch(workdir):
+  """The newest epoch saved in `workdir`'s latest checkpoints, 0 before the first. Orbax keeps one
+  (`latest/3` replaces `latest/2`) and saves under a temporary name, renamed when complete."""
+  folder = workdir / "checkpoints" / "latest"
+  names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+  return max((int(name) for name in names if name.isdigit()), default=0)
+
+
+def _wait_for(workdir, epoch, proc, timeout=240):
+  """Polls until the run in `workdir` (process `proc`) has saved epoch `epoch` or a later one."""
+  deadline = time.monotonic() + timeout
+  while _latest_epoch(workdir) < epoch:
+    if proc.poll() is not None:
+      pytest.fail(f"the run exited ({proc.returncode}) before epoch {epoch}: {proc.communicate()}")
+    if time.monotonic() > deadline:
+      pytest.fail(f"no checkpoint of epoch {epoch} in {workdir} after {timeout} s")
     time.sleep(0.05)
 
 
@@ -169,71 +182,54 @@ def test_resume_refuses_other_training_data_and_changes_nothing(tmp_path, kaggle
   assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path, data_dir, cli_env):
   """Kill -9 after epoch 2's checkpoint, restart: final parameters are bitwise identical."""
-  straight = _start(tmp_path / "straight", data_dir, cli_env, epochs=4)
-  assert straight.wait(timeout=300) == 0, straight.communicate()
+  epochs = 8  # A tiny epoch takes a fraction of a second: leave the kill time to land mid-run.
+  straight = _start(tmp_path / "straight", data_dir, cli_env, epochs=epochs)
+  _, err = straight.communicate(timeout=300)
+  assert straight.returncode == 0, err
   killed_dir = tmp_path / "killed"
-  proc = _start(killed_dir, data_dir, cli_env, epochs=4)
-  _wait_for(killed_dir / "checkpoints" / "latest" / "2", proc)
+  proc = _start(killed_dir, data_dir, cli_env, epochs=epochs)
+  _wait_for(killed_dir, 2, proc)
   proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  resumed = _start(killed_dir, data_dir, cli_env, epochs=4)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  # The kill landed mid-run, so the restart below resumes instead of finding a finished run.
+  killed_at = _latest_epoch(killed_dir)
+  assert 2 <= killed_at < epochs, f"the run saved epoch {killed_at} of {epochs} before the kill"
+  resumed = _start(killed_dir, data_dir, cli_env, epochs=epochs)
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
-  assert "resuming" in err
+  assert f"resuming {killed_dir} after epoch {killed_at} " in err, err
   for x, y in zip(jax.tree.leaves(_params(tmp_path / "straight")[0]),
                   jax.tree.leaves(_params(killed_dir)[0])):
     np.testing.assert_array_equal(x, y)
   strip = lambda rs: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")}
                       for r in rs]
   assert strip(_metrics(killed_dir)) == strip(_metrics(tmp_path / "straight"))
-  assert _params(killed_dir, "best")[1]["epoch"] == _params(tmp_path / "straight", "best")[1]["epoch"]
+  assert _params(killed_dir, "best")[1].epoch == _params(tmp_path / "straight", "best")[1].epoch
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_after_saving(tmp_path, data_dir, cli_env):
   workdir = tmp_path / "interrupted"
   proc = _start(workdir, data_dir, cli_env, epochs=50)
-  _wait_for(workdir / "checkpoints" / "latest" / "1", proc)
+  _wait_for(workdir, 1, proc)
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 130, err
   assert "interrupted" in err and "Traceback" not in err
-  _, meta = _params(workdir)
-  assert meta["epoch"] >= 1
-  assert len(_metrics(workdir)) >= meta["epoch"]
+  _, run = _params(workdir)
+  assert run.epoch >= 1
+  assert len(_metrics(workdir)) >= run.epoch
 
 
-@pytest.mark.parametrize("acc,loss,best_acc,best_loss,expected", [
-    (0.99, 0.05, 0.98, 0.01, True),   # Higher accuracy wins whatever the loss.
-    (0.98, 0.01, 0.99, 0.05, False),  # Lower accuracy never wins.
-    (0.99, 0.04, 0.99, 0.05, True),   # A tie goes to the lower loss.
-    (0.99, 0.05, 0.99, 0.05, False),  # A full tie keeps the earlier checkpoint.
-    (0.99, 0.06, 0.99, 0.05, False),
-])
-def test_is_better(acc, loss, best_acc, best_loss, expected):
-  got = train.is_better(np.array([acc]), np.array([loss]), np.array([best_acc]),
-                        np.array([best_loss]))
-  assert got.tolist() == [expected]
-
-
-@pytest.mark.parametrize("epoch,best,patience,expected", [
-    (5, [5], 3, False),     # Improved this epoch.
-    (7, [4], 3, True),      # Three epochs without improvement: Keras stops here too.
-    (6, [4], 3, False),
-    (9, [2, 8], 3, False),  # One member still improving keeps every member training.
-    (11, [2, 8], 3, True),
-    (50, [1], 0, False),    # 0 = never.
-])
-def test_stops_early(epoch, best, patience, expected):
-  assert train.stops_early(epoch, best, patience) is expected
-
-
+@pytest.mark.slow
 def test_early_stop_ends_the_run_and_a_resume_keeps_it_stopped(tmp_path, data_dir, monkeypatch,
                                                                 capsys):
   # Only the first epoch counts as an improvement, so patience 2 stops after epoch 3 of 6.
-  monkeypatch.setattr(train, "is_better", lambda acc, loss, best_acc, best_loss: best_acc < 0)
+  monkeypatch.setattr(run_state, "is_better", lambda acc, loss, best_acc, best_loss: best_acc < 0)
   cfg = _cfg(num_epochs=6, **{"train.early_stop": 2})
   summary = train.train_and_evaluate(cfg, tmp_path / "run", data_dir)
   assert (summary["epochs"], summary["best_epoch"], summary["stopped_early"]) == (3, 1, True)
@@ -246,6 +242,7 @@ def test_early_stop_ends_the_run_and_a_resume_keeps_it_stopped(tmp_path, data_di
   assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
 def test_ensemble_equals_members_trained_alone(vectorize):
   """K=3 members in one program (vmapped or looped) = each member trained alone, same keys."""
@@ -272,6 +269,7 @@ def test_ensemble_equals_members_trained_alone(vectorize):
       np.testing.assert_allclose(a[0], b[m], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_and_loop_initialise_the_same_members():
   cfg = _cfg(**{"ensemble.size": 2})
   init = lambda v: train.init_state(config.apply_overrides(cfg, [f"ensemble.vectorize={v}"]),
@@ -287,14 +285,15 @@ def test_members_are_initialised_independently():
   assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])
 
 
+@pytest.mark.slow
 def test_ensemble_run_keeps_each_members_best(tmp_path, data_dir):
   workdir = tmp_path / "ens"
   train.train_and_evaluate(_cfg(**{"ensemble.size": 2, "num_epochs": 2}), workdir, data_dir)
   records = _metrics(workdir)
   assert len(records[-1]["val_accuracy_members"]) == 2 and "val_accuracy_ensemble" in records[-1]
-  best, meta = _params(workdir, "best")
+  best, run = _params(workdir, "best")
   assert best["Conv_0"]["kernel"].shape[0] == 2
-  assert len(meta["member_best_epoch"]) == 2
+  assert len(run.member_best_epoch) == 2
   for m in range(2):
     accs = [r["val_accuracy_members"][m] for r in records]
-    assert meta["member_best_val_accuracy"][m] == pytest.approx(max(accs))
+    assert run.member_best_val_accuracy[m] == pytest.approx(max(accs))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import build, config, data, optim, predict, steps, train, xla
+from dr_jax import build, config, data, evaluate, optim, steps, train, xla
 
 
 def test_fast_options_only_on_cpu_and_only_when_enabled():
@@ -67,8 +67,8 @@ def test_fast_cpu_predict_equals_plain_predict(model_name):
   images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
   probs = {}
   for fast in (False, True):
-    predictor = predict.Predictor(build.model(cfg).apply, steps.variables(state),
-                                  build.preprocess(cfg, 0.0, 255.0, train=False), 1, epoch=0,
-                                  val_accuracy=0.0, fast_cpu=fast)
+    predictor = evaluate.Predictor(build.model(cfg).apply, steps.variables(state),
+                                   build.preprocess(cfg, 0.0, 255.0, train=False), 1,
+                                   fast_cpu=fast)
     probs[fast] = predictor.probabilities(images, batch_size=20)
   np.testing.assert_allclose(probs[True], probs[False], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 """Ablation of experiments/classic.py: cosine decay of the learning rate instead of one-cycle.
 
 Command: dr-jax sweep experiments/ablations/cosine_lr.py --seeds 3
-Results: accuracy and time are in README's Ablations table, measured with the command above next
+Results: accuracy and time are in docs/ablations.md, measured with the command above next
 to `dr-jax sweep experiments/classic.py --seeds 3`.
 """
 

@@ -1,7 +1,7 @@
 """Grid: each learning-rate schedule on experiments/classic.py, one results row per schedule.
 
 Command: dr-jax sweep experiments/ablations/grid_schedules.py --seeds 3
-Results: accuracy and time are in README's Ablations table, measured with the command above.
+Results: accuracy and time are in docs/ablations.md, measured with the command above.
 `dr-jax train --config` on this file trains the first variant (get_config).
 """
 
