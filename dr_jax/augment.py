@@ -17,7 +17,7 @@ class AugmentConfig:
   rotation: float = 0.0  # Max rotation in degrees, sampled uniformly in [-r, r].
   zoom: float = 0.0  # Per-axis zoom factor sampled in [1 - z, 1 + z] (Keras' zoom_range).
   shift: float = 0.0  # Max shift as a fraction of height/width.
-  flip: bool = False  # Horizontal flip with probability 1/2 (a flipped 2 is not a digit: ablation only).
+  flip: bool = False  # Horizontal flip, probability 1/2 (a flipped 2 is no digit: ablation only).
 
   @property
   def is_identity(self) -> bool:

@@ -46,8 +46,9 @@ def op_times(trace_dir: pathlib.Path, num_steps: int) -> list[tuple[str, float]]
   """Milliseconds per train step of each kind of XLA op in the newest profile under `trace_dir`.
 
   A kind is an op's name without its numeric suffix (`transpose_copy_fusion.38` is a
-  `transpose_copy_fusion`, `command_buffer_550` a `command_buffer`). Only what the trace times counts: XLA:CPU's convolutions run on its
-  Eigen thread pool, and their events cover the dispatch alone.
+  `transpose_copy_fusion`, `command_buffer_550` a `command_buffer`). Only what the trace times
+  counts: XLA:CPU's convolutions run on its Eigen thread pool, and their events cover the
+  dispatch alone.
   """
   files = sorted(pathlib.Path(trace_dir).glob("plugins/profile/*/*.trace.json.gz"))
   if not files:

@@ -83,7 +83,7 @@ class Checkpoints:
     return self.managers[kind].latest_step()
 
   def restore(self, kind: str, target: Any | None = None) -> tuple[Any, RunState]:
-    """Restores (state, run record); `target` (a pytree like the saved one) gives structure and types."""
+    """Restores (state, run record); `target`, a pytree like the saved one, gives the types."""
     manager = self.managers[kind]
     epoch = manager.latest_step()
     if epoch is None:

@@ -67,8 +67,9 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
     raise UserError(f"{path}: no header found; expected `label,pixel0,...,pixel783` "
                     "(train) or `pixel0,...,pixel783` (test)") from None
   except (UnicodeDecodeError, OSError, EOFError) as e:
-    raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}); is it a CSV or .csv.gz?") from None
+    reason = str(e).splitlines()[0] if str(e) else ""
+    raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: {reason}); is it a "
+                    "CSV or .csv.gz?") from None
   # pandas silently turns the first column into an index when the first data row has one
   # field more than the header; checking that one line is cheap.
   first = _field_counts(path, len(frame.columns), np.array([0])) if len(frame) else []
@@ -200,8 +201,8 @@ def _check_range(values: np.ndarray, low: int, high: int, path: pathlib.Path,
   bad = np.argwhere((values < low) | (values > high))
   if len(bad):
     row, col = bad[0]
-    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} is {values[row, col]:g}, "
-                    f"outside {low}..{high}; {what} must lie in {low}..{high}"
+    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} is "
+                    f"{values[row, col]:g}, outside {low}..{high}; {what} must lie in {low}..{high}"
                     + (f" ({len(bad)} such cells in all)" if len(bad) > 1 else ""))
 
 
@@ -268,7 +269,7 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
       pass  # A damaged cache is rebuilt from the CSV below.
   digits = parse_csv(path, with_labels, nan_policy, fill_value)
   buffer = io.BytesIO()
-  # Any: numpy's stub would also let `**arrays` fill savez's `allow_pickle: bool`.
+  # Any: numpy's stub would also let `**arrays` fill savez's keyword flags (a bool).
   arrays: dict[str, Any] = {"images": digits.images}
   if digits.labels is not None:
     arrays["labels"] = digits.labels

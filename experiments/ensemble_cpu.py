@@ -14,9 +14,10 @@ wrong; mean softmax of the 6 members' best-validation checkpoints) and 0.99593 w
 min of training (epochs of ~141 s at ~1,610 member-images/s, compile 45 s); predict with 5
 views 1 min 47 s.
 Second seed (--config.seed=1): 0.99618 (107 wrong; --tta 5: 0.99625), 52.5 min of training.
-5 × 26 (--config.ensemble.size=5 --config.num_epochs=26) scored 0.99618 (--tta 5: 0.99646) in 49.5 min. The 99.65% asked of this
-config is not reached. Adding pseudo-labelled test images within the same hour
-(ensemble_cpu_pseudo.py) lost on validation: 98 errors against 86 on the same splits.
+5 × 26 (--config.ensemble.size=5 --config.num_epochs=26) scored 0.99618 (--tta 5: 0.99646) in
+49.5 min. The 99.65% asked of this config is not reached. Adding pseudo-labelled test images
+within the same hour (ensemble_cpu_pseudo.py) lost on validation: 98 errors against 86 on the
+same splits.
 """
 
 import pathlib

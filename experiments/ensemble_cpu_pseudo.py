@@ -1,11 +1,12 @@
-"""ensemble_cpu.py with pseudo-labels: the 6 members also learn from test.csv, labelled by a teacher.
+"""ensemble_cpu.py with pseudo-labels: its 6 members also learn from test.csv a teacher labels.
 
-The teacher is `dr-jax run`'s run (`dr-jax run`, runs/default: one strided CNN, 12.4 min);
+The teacher is `dr-jax run`'s run (runs/default: one strided CNN, 12.4 min);
 the test images it labels with probability >= 0.99 join every member's training rows. That
 makes an epoch 1.7x longer, so 11 epochs fit the hour that 22 took.
 Command: dr-jax run   (the teacher, runs/default)
          dr-jax train --config experiments/ensemble_cpu_pseudo.py --workdir runs/ensemble_cpu_pseudo
-         dr-jax predict --workdir runs/ensemble_cpu_pseudo && dr-jax score runs/ensemble_cpu_pseudo/submission.csv
+         dr-jax predict --workdir runs/ensemble_cpu_pseudo
+         dr-jax score runs/ensemble_cpu_pseudo/submission.csv
 Measured (2-core AMD EPYC, embedded data, seed 0, teacher the default.py run of docs/results.md):
 27,397 of 28,000 test images joined (the teacher is right on 99.95% of its own validation images
 at that confidence); 45.3 min of training (compile 43 s; epochs 230-240 s at 1,627-1,699

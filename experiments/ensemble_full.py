@@ -4,11 +4,13 @@ Each member: the strided 3x3-conv + batch-norm CNN, its own initialisation, drop
 augmentation keys and its own 10% validation split; Adam with lr 1e-3 decayed x0.95 per epoch;
 45 epochs. Meant for a GPU.
 Command: dr-jax train --config experiments/ensemble_full.py --workdir runs/ensemble_full
-         dr-jax predict --workdir runs/ensemble_full && dr-jax score runs/ensemble_full/submission.csv
+         dr-jax predict --workdir runs/ensemble_full
+         dr-jax score runs/ensemble_full/submission.csv
 Measured (one NVIDIA H200, JAX 0.11.2, embedded data; experiments/gpu_ensemble_full.sh with
 seeds 0 and 1 trained side by side, 357 s wall for both, ~87,000 member-images/s each): local
 test accuracy 0.99650 and 0.99625 (98 and 105 wrong of 28,000; --tta 5: 0.99646 / 0.99643;
---vote: 0.99646 / 0.99639). The 99.75% of the published recipe is not reached on these local answers.
+--vote: 0.99646 / 0.99639). The 99.75% of the published recipe is not reached on these local
+answers.
 """
 
 import pathlib

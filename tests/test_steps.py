@@ -27,7 +27,7 @@ def _setup(batch_norm=False, n=64):
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_train_step_updates_params_and_returns_finite_metrics(jit, batch_norm):
   state, images, targets = _setup(batch_norm)
-  fn = functools.partial(steps.train_step, pre=PRE)
+  fn = functools.partial(steps.train_step, preprocess=PRE)
   fn = jax.jit(fn) if jit else fn
   new, metrics = fn(state, images[:8], targets[:8], jax.random.key(1))
   assert int(new.step) == 1
@@ -50,7 +50,7 @@ def test_golden_first_step_loss():
   If you changed any of those on purpose, update the value to the new one printed here.
   """
   state, images, targets = _setup()
-  _, metrics = jax.jit(functools.partial(steps.train_step, pre=PRE))(
+  _, metrics = jax.jit(functools.partial(steps.train_step, preprocess=PRE))(
       state, images[:16], targets[:16], jax.random.key(42))
   loss = float(metrics["loss"]) / 16
   assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4), f"first-step loss is now {loss!r}"
@@ -61,10 +61,10 @@ def test_fused_steps_equal_sequential_steps():
   state, images, targets = _setup()
   idx = jnp.arange(24, dtype=jnp.int32).reshape(3, 8)
   keys = jax.random.split(jax.random.key(3), 3)
-  fused, fused_metrics = jax.jit(functools.partial(steps.train_steps, pre=PRE))(
+  fused, fused_metrics = jax.jit(functools.partial(steps.train_steps, preprocess=PRE))(
       state, images, targets, idx, keys)
   seq, total = state, 0.0
-  step = jax.jit(functools.partial(steps.train_step, pre=PRE))
+  step = jax.jit(functools.partial(steps.train_step, preprocess=PRE))
   for i in range(3):
     seq, m = step(seq, images[idx[i]], targets[idx[i]], keys[i])
     total += float(m["loss"])

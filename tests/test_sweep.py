@@ -3,9 +3,7 @@
 import csv
 import json
 
-import jax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from dr_jax import cli, sweep, train
 from dr_jax.errors import UserError
@@ -42,24 +40,6 @@ def write_config(directory, name, lr):
   return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def xla_cache(tmp_path_factory):
-  """A persistent XLA cache for this module, so only the first run compiles.
-
-  Seeds and learning rates are arguments of the jitted functions, not constants, so every run
-  here lowers to the same programs; without the cache each run recompiles for ~20 s.
-  """
-  before = {name: getattr(jax.config, name) for name in (
-      "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, data_dir):
   """Two configs × two seeds, swept once for the whole module."""
@@ -75,6 +55,7 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
   _, workdir, results = swept
   rows = _rows(workdir)
@@ -97,6 +78,7 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
       round(inches * sweep.report.DPI) for inches in sweep.results_figsize(2))
 
 
+@pytest.mark.slow
 def test_second_sweep_skips_finished_runs(swept, data_dir, monkeypatch):
   paths, workdir, _ = swept
   before = _rows(workdir)
@@ -109,6 +91,7 @@ def test_second_sweep_skips_finished_runs(swept, data_dir, monkeypatch):
   assert _rows(workdir) == before
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monkeypatch):
   paths, workdir, _ = swept
   unfinished = workdir / "b" / "seed1"
@@ -131,6 +114,7 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
   assert len(_rows(workdir)) == len(results) == 4
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_run_dir_trained_with_another_config(swept, data_dir, monkeypatch):
   paths, workdir, _ = swept
   monkeypatch.setattr(train, "train_and_evaluate", lambda *a: pytest.fail("trained"))
@@ -138,6 +122,7 @@ def test_sweep_refuses_a_run_dir_trained_with_another_config(swept, data_dir, mo
     sweep.sweep(paths, 2, workdir, data_dir, overrides=["num_epochs=2"])
 
 
+@pytest.mark.slow
 def test_grid_file_gives_one_row_per_variant(tmp_path, data_dir):
   grid = tmp_path / "grid.py"
   grid.write_text('"""Tiny grid."""\n' + TINY + "\n\ndef get_grid():\n"

@@ -38,7 +38,7 @@ def test_fast_cpu_step_equals_plain_step(model_name, grad_scale_tol):
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8))
   targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 16)))
-  step = functools.partial(steps.train_step, pre=steps.Preprocess())
+  step = functools.partial(steps.train_step, preprocess=steps.Preprocess())
   outs = {}
   for name, options in (("plain", None), ("fast", xla.FAST_CPU_OPTIONS)):
     fn = jax.jit(step, compiler_options=options)
