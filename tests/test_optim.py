@@ -1,4 +1,4 @@
-"""Tests for dr_jax.optim: Keras' ReduceLROnPlateau, per-epoch and per-step schedules, optimizers."""
+"""Tests of dr_jax.optim: Keras' ReduceLROnPlateau, per-epoch and per-step schedules, optimizers."""
 
 import math
 
@@ -122,6 +122,30 @@ def test_epoch_lr_exponential_decays_to_the_floor():
   plateau = optim.PlateauState(lr=1.0)
   lrs = [optim.epoch_lr(cfg, e, plateau) for e in range(6)]
   assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4, 1e-4, 1e-4], rel=1e-12)
+
+
+R2 = math.sqrt(2) / 2  # cos(pi / 4)
+# Rates at steps 0..9 of 8: cosine from 1e-3 to min_lr 1e-5 (alpha 0.01), then held;
+# onecycle from 1e-3 / 25 up to 1e-3 at step 4 (warmup 0.5), down to 4e-5 / 1e4, then held.
+STEP_SCHEDULE_TABLE = {
+    "cosine": ({"min_lr": 1e-5}, {
+        0: 1e-3, 2: 1e-3 * (0.01 + 0.99 * (1 + R2) / 2), 4: 5.05e-4,
+        6: 1e-3 * (0.01 + 0.99 * (1 - R2) / 2), 8: 1e-5, 9: 1e-5}),
+    "onecycle": ({"warmup_fraction": 0.5}, {
+        0: 4e-5, 1: 1e-3 - 9.6e-4 * (1 + R2) / 2, 2: 5.2e-4, 4: 1e-3,
+        6: (1e-3 + 4e-9) / 2, 7: 4e-9 + (1e-3 - 4e-9) * (1 - R2) / 2, 8: 4e-9, 9: 4e-9}),
+}
+
+
+@pytest.mark.parametrize("name", STEP_SCHEDULE_TABLE)
+def test_step_schedule_table(name):
+  fields, expected = STEP_SCHEDULE_TABLE[name]
+  cfg = schedule_config(name, lr=1e-3)
+  for key, value in fields.items():
+    cfg.schedule[key] = value
+  schedule = optim.step_schedule(cfg, 8)
+  got = {k: float(schedule(k)) for k in expected}
+  assert got == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cosine", "onecycle"])

@@ -9,7 +9,7 @@ import pytest
 
 from dr_jax import build, data, evaluate, pseudo, train
 from dr_jax.errors import UserError
-from conftest import tiny_config
+from conftest import PIXEL_HEADER, csv_text, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,63 @@ def test_teacher_labels_are_its_confident_predictions_and_repeat_exactly(teacher
   np.testing.assert_array_equal(again.labels, labels.labels)
   line = labels.describe()
   assert f"{keep.sum()} of 20 test images at p >= 0.6" in line and "right" in line
+
+
+def _row(top, p):
+  """Probabilities over 10 classes: `p` on `top`, the rest shared equally."""
+  probs = np.full(10, (1 - p) / 9)
+  probs[top] = p
+  return probs
+
+
+# A stand-in teacher's probabilities, keyed on an image's pixel (0, 0): test image i holds
+# 100 + i, a training image its label. At p >= 0.8 it keeps test images 0, 2 (p exactly 0.8)
+# and 4, and is confident on validation classes 0..3, wrong on class 3.
+TEACHER = {100: _row(4, 0.9), 101: _row(2, 0.5), 102: _row(7, 0.8), 103: _row(1, 0.79),
+           104: _row(0, 0.99), 105: _row(3, 0.6),
+           0: _row(0, 0.95), 1: _row(1, 0.95), 2: _row(2, 0.95), 3: _row(8, 0.9),
+           **{label: _row(label, 0.5) for label in range(4, 10)}}
+
+
+class _StandInTeacher:
+  """Answers `probabilities` from TEACHER."""
+
+  def probabilities(self, images, tta=None, vote=False):
+    return np.stack([TEACHER[int(key)] for key in images[:, 0, 0, 0]])
+
+
+def _marked(keys):
+  """Blank flattened images whose pixel (0, 0) holds `keys`."""
+  images = np.zeros((len(keys), 784), int)
+  images[:, 0] = keys
+  return images
+
+
+def test_teacher_labels_of_a_teacher_whose_predictions_are_known(tmp_path, monkeypatch):
+  # 40 training images, 4 per class; val_fraction 0.25 leaves exactly 1 per class to validate.
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  labels = np.arange(40) % 10
+  (data_dir / "train.csv").write_text(
+      csv_text("label," + PIXEL_HEADER, np.column_stack([labels, _marked(labels)])))
+  (data_dir / "test.csv").write_text(csv_text(PIXEL_HEADER, _marked(np.arange(100, 106))))
+  teacher = tmp_path / "teacher"
+  teacher.mkdir()
+  (teacher / "config.json").write_text(tiny_config(**{"data.val_fraction": 0.25}).to_json())
+  monkeypatch.setattr(evaluate, "load_predictor", lambda workdir: _StandInTeacher())
+  result = pseudo.teacher_labels(_student(teacher, 0.8), data_dir)
+  assert result.images.shape == (3, 28, 28, 1)
+  np.testing.assert_array_equal(result.images[:, 0, 0, 0], [100, 102, 104])
+  assert not result.images.reshape(3, -1)[:, 1:].any()
+  np.testing.assert_array_equal(result.labels, [4, 7, 0])
+  assert result.test_rows == 6
+  assert (result.val_right, result.val_kept, result.val_total) == (3, 4, 10)
+  assert result.describe() == (
+      f"pseudo-labels from {teacher}: 3 of 6 test images at p >= 0.8 (on its own validation "
+      "images at that confidence, 4 of 10, the teacher is right 75.00%)")
+  record = result.record()
+  assert (record["rows"], record["test_rows"], record["teacher_val_kept"]) == (3, 6, 4)
+  assert record["teacher_val_accuracy_kept"] == 0.75
 
 
 @pytest.mark.slow

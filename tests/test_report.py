@@ -1,5 +1,7 @@
 """Tests of dr_jax.report: the pure computations, and a report of a real tiny run."""
 
+import csv
+import json
 import re
 
 import flax.linen as nn
@@ -23,8 +25,8 @@ def png_size(path):
   return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _cfg():
-  return tiny_config(**{"train.steps_per_call": 1})
+def _cfg(**overrides):
+  return tiny_config(**{"train.steps_per_call": 1}, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,59 @@ def test_index_links_every_png_and_gives_the_scores(reported, data_dir):
   predictor = evaluate.load_predictor(workdir)
   assert f"| best epoch | {predictor.run.epoch} of 2 |" in text
   assert f"| best val accuracy | {predictor.run.best_val_accuracy:.4f} " in text
+
+
+def _index_numbers(index):
+  """(best epoch, epochs, best val accuracy, test accuracy) as index.md's table gives them."""
+  text = index.read_text()
+  epoch, epochs = re.search(r"^\| best epoch \| (\d+) of (\d+) \|$", text, re.M).groups()
+  best = re.search(r"^\| best val accuracy \| (\d\.\d{4}) \|$", text, re.M).group(1)
+  test = re.search(r"^\| test accuracy \| (\d\.\d{4}) \|$", text, re.M).group(1)
+  return int(epoch), int(epochs), best, test
+
+
+def _hand_test_accuracy(submission, answers):
+  """The share of answers.csv's rows whose label submission.csv gives for the same ImageId."""
+  read = lambda path: {row["ImageId"]: row["Label"] for row in csv.DictReader(path.open())}
+  predicted, truth = read(submission), read(answers)
+  return sum(predicted[i] == label for i, label in truth.items()) / len(truth)
+
+
+def _best_record(workdir):
+  """metrics.jsonl's best epoch: highest val accuracy, ties to the lower val loss, then earlier."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["epoch"])), records
+
+
+def test_index_numbers_are_those_of_the_files_on_disk(reported, data_dir):
+  workdir, index = reported
+  best, records = _best_record(workdir)
+  epoch, epochs, best_accuracy, test = _index_numbers(index)
+  assert (epoch, epochs) == (best["epoch"], records[-1]["epoch"]) and epochs == 2
+  assert best_accuracy == f"{best['val_accuracy']:.4f}"
+  hand = _hand_test_accuracy(workdir / "submission.csv", data_dir / "test_answers.csv")
+  assert test == f"{hand:.4f}"
+
+
+def test_index_names_the_best_epoch_not_the_last(tmp_path, data_dir, monkeypatch):
+  # Scripted validation: epoch 3 ties epoch 2's accuracy at a lower loss; epoch 4 is worse.
+  scores = iter([(0.5, 1.0), (0.7, 0.9), (0.7, 0.8), (0.6, 0.7)])
+
+  def scripted(predictor, split, batch_size=1000):
+    accuracy, loss = next(scores)
+    return evaluate.Scores(np.array([loss]), np.array([accuracy]), None)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluate, "validation_scores", scripted)
+    train.train_and_evaluate(_cfg(num_epochs=4), tmp_path, data_dir)
+  predict.predict(tmp_path, data_dir)
+  index = report.make_report(tmp_path, data_dir, digit=7)
+  best, _ = _best_record(tmp_path)
+  assert best["epoch"] == 3
+  epoch, epochs, best_accuracy, test = _index_numbers(index)
+  assert (epoch, epochs, best_accuracy) == (3, 4, "0.7000")
+  hand = _hand_test_accuracy(tmp_path / "submission.csv", data_dir / "test_answers.csv")
+  assert test == f"{hand:.4f}"
 
 
 def test_tensorboard_gets_the_confusion_matrix(reported):

@@ -68,6 +68,7 @@ def test_best_checkpoint_holds_the_best_epoch(smoke_run):
   assert run.member_best_val_accuracy == (pytest.approx(summary["best_val_accuracy"]),)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_different_seed_different_result(tmp_path, data_dir, smoke_run):
   workdir, _ = smoke_run
   again = tmp_path / "again"
@@ -137,7 +138,8 @@ _CLI_OVERRIDES = ["--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs
 
 # `python -m dr_jax` with Python's Ctrl-C handler even if this process ignores SIGINT (children
 # inherit that, as background jobs do); `preexec_fn` would fork a multithreaded JAX process.
-_MAIN_WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+_MAIN_WITH_CTRL_C = ("import runpy, signal; "
+                     "signal.signal(signal.SIGINT, signal.default_int_handler); "
                      "runpy.run_module('dr_jax', run_name='__main__')")
 
 
@@ -297,3 +299,41 @@ def test_ensemble_run_keeps_each_members_best(tmp_path, data_dir):
   for m in range(2):
     accs = [r["val_accuracy_members"][m] for r in records]
     assert run.member_best_val_accuracy[m] == pytest.approx(max(accs))
+
+
+def _onecycle(k, peak=1e-3, warmup=4, total=8):
+  """Cosine one-cycle at step k: peak/25 up to peak at `warmup`, half cosines, to peak/25/1e4."""
+  start, end, pct = (peak / 25, peak, k / warmup) if k < warmup else \
+      (peak, peak / 25 / 1e4, (k - warmup) / (total - warmup))
+  return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
+
+
+# metrics.jsonl's lr per epoch for 4 epochs of 2 steps (8 steps): the per-epoch schedules' rate
+# for that epoch; the per-step ones' rate at the epoch's last step, 1, 3, 5 and 7 (0-based).
+# Validation is scripted at a constant accuracy, so plateau (patience 1) halves after epochs 2, 3.
+SCHEDULE_LRS = {
+    "plateau": ({"schedule.patience": 1}, [1e-3, 1e-3, 5e-4, 2.5e-4]),
+    "constant": ({}, [1e-3] * 4),
+    "exponential": ({"schedule.decay": 0.5, "schedule.min_lr": 2e-4},
+                    [1e-3, 5e-4, 2.5e-4, 2e-4]),
+    # alpha = min_lr / lr = 0.01: lr * (0.01 + 0.99 * (1 + cos(pi * k / 8)) / 2).
+    "cosine": ({"schedule.min_lr": 1e-5},
+               [1e-3 * (0.01 + 0.99 * (1 + math.cos(math.pi * k / 8)) / 2) for k in (1, 3, 5, 7)]),
+    # Warm-up ends at 0.5 * 8 = step 4 (optax's default 0.3 would end it at 2).
+    "onecycle": ({"schedule.warmup_fraction": 0.5}, [_onecycle(k) for k in (1, 3, 5, 7)]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", SCHEDULE_LRS)
+def test_each_schedules_rate_per_epoch_is_its_definition(tmp_path, data_dir, monkeypatch,
+                                                         schedule):
+  overrides, expected = SCHEDULE_LRS[schedule]
+  monkeypatch.setattr(train.evaluate, "validation_scores", lambda *args, **kwargs:
+                      train.evaluate.Scores(np.array([1.0]), np.array([0.5]), None))
+  # 270 training images in batches of 128: 2 steps per epoch.
+  cfg = _cfg(num_epochs=4, batch_size=128, **{"schedule.name": schedule, "optimizer.lr": 1e-3},
+             **overrides)
+  train.train_and_evaluate(cfg, tmp_path, data_dir)
+  lrs = [r["lr"] for r in _metrics(tmp_path)]
+  assert lrs == pytest.approx(expected, rel=1e-6)
