@@ -11,12 +11,15 @@ import functools
 import pathlib
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dr_jax import augment, build, checkpoint, data, parallel, provenance, steps, xla
+from dr_jax import (augment, build, checkpoint, data, models, parallel, provenance, steps,
+                    xla)
+from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
 
 
@@ -103,6 +106,7 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   model = build.model(cfg)
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
     tree, run = ckpts.restore(kind)
+  _check_fits(model, tree["params"], workdir / "checkpoints" / kind / str(run.epoch))
   # Both kinds hold params (and batch_stats); `latest` also holds the optimizer state.
   variables = {"params": tree["params"]}
   if tree.get("batch_stats"):
@@ -113,6 +117,20 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
                    # Runs trained before these options existed lack them.
                    cfg.ensemble.get("vectorize", "auto"), cfg.train.get("fast_cpu", True),
                    cfg.get("predict", {}).get("tta", 1), run)
+
+
+def _check_fits(model: nn.Module, params: dict, where: pathlib.Path) -> None:
+  """Refuses parameters (stacked over members) of another architecture than `model`'s."""
+  expected = jax.eval_shape(lambda key: models.init_variables(model, key),
+                            jax.random.key(0))["params"]
+  shapes = lambda tree: jax.tree_util.tree_flatten_with_path(
+      jax.tree.map(lambda leaf: tuple(leaf.shape), tree))[0]
+  # The checkpoint's leaves carry a leading member axis.
+  got = jax.tree.map(lambda leaf: np.empty(leaf.shape[1:], np.int8), params)
+  if shapes(got) != shapes(expected):
+    raise UserError(f"{where}: checkpoint cannot be read (its parameters do not fit "
+                    f"{type(model).__name__}); it is damaged or from another model: delete it, "
+                    "or retrain")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,19 +117,24 @@ def read_labels(path: pathlib.Path, role: str) -> pd.Series:
   if not path.is_file():
     raise UserError(f"{role} file {path} not found")
   try:
-    frame = pd.read_csv(path, encoding="utf-8-sig")
+    # As text: a cell is judged as the file writes it (`4.0` and `3.5` are not ImageIds).
+    frame = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
   if list(frame.columns) != ["ImageId", "Label"]:
     raise UserError(f"{path}: header is {','.join(map(str, frame.columns))}; "
                     "expected ImageId,Label")
+  if frame.empty:
+    raise UserError(f"{path}: has a header but no rows; expected one ImageId,Label row per "
+                    "test image")
   for column in ("ImageId", "Label"):
-    if not pd.api.types.is_integer_dtype(frame[column]):
-      bad = frame[column][pd.to_numeric(frame[column], errors="coerce").isna()
-                          | (pd.to_numeric(frame[column], errors="coerce") % 1 != 0)]
-      row = int(bad.index[0]) if len(bad) else 0
+    cells = frame[column].str.strip()
+    bad = np.flatnonzero(~cells.str.fullmatch(r"[+-]?\d+").to_numpy(bool))
+    if len(bad):
+      row = int(bad[0])
       raise UserError(f"{path}: line {row + 2}: {column} must be an integer, got "
                       f"{frame[column].iloc[row]!r}")
+    frame[column] = cells.astype(np.int64)
   dupes = frame["ImageId"][frame["ImageId"].duplicated()]
   if len(dupes):
     raise UserError(f"{path}: ImageId {int(dupes.iloc[0])} appears more than once "

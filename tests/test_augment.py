@@ -1,4 +1,6 @@
-"""Tests of dr_jax.augment: identity, shapes, determinism, ranges, jit and vmap."""
+"""Tests of dr_jax.augment: identity, shapes, determinism, ranges, jit and vmap, TTA views."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from dr_jax import augment
 
@@ -122,3 +125,59 @@ def test_mass_never_grows(rotation, zoom, shift, seed):
   # A zoom factor z >= 1 - zoom magnifies area by at most 1 / (1 - zoom)^2.
   bound = images.sum(axis=(1, 2, 3)) / (1 - zoom) ** 2 + 1.0
   assert bool(jnp.all(out.sum(axis=(1, 2, 3)) <= bound * 1.01))
+
+
+# The nine test-time views, written out from their intent: inverse maps (output pixel → input
+# pixel) about the centre (13.5, 13.5) of a 28×28 image. A view that moves the digit down one row
+# reads each output pixel from the row above it (offset -1); one that turns it by θ reads from
+# the point turned back by θ; one that zooms by z reads from z times as far from the centre.
+_C, _S = math.cos(math.radians(8)), math.sin(math.radians(8))
+TTA_TABLE = np.array([
+    [[1, 0, 0], [0, 1, 0]],  # 0: the image itself.
+    [[1, 0, -1], [0, 1, 0]],  # 1: one row down.
+    [[1, 0, 1], [0, 1, 0]],  # 2: one row up.
+    [[1, 0, 0], [0, 1, -1]],  # 3: one column right.
+    [[1, 0, 0], [0, 1, 1]],  # 4: one column left.
+    [[_C, -_S, 13.5 * (1 - _C + _S)], [_S, _C, 13.5 * (1 - _C - _S)]],  # 5: +8° (clockwise).
+    [[_C, _S, 13.5 * (1 - _C - _S)], [-_S, _C, 13.5 * (1 - _C + _S)]],  # 6: -8°.
+    [[0.95, 0, 13.5 * 0.05], [0, 0.95, 13.5 * 0.05]],  # 7: reads 0.95 as far out: 1/0.95 larger.
+    [[1.05, 0, -13.5 * 0.05], [0, 1.05, -13.5 * 0.05]],  # 8: reads 1.05 as far out: smaller.
+])
+
+
+def test_tta_matrices_are_the_nine_views_in_order():
+  np.testing.assert_allclose(augment.tta_matrices(9), TTA_TABLE, atol=1e-5)
+  for count in range(1, 10):
+    np.testing.assert_allclose(augment.tta_matrices(count), TTA_TABLE[:count], atol=1e-5)
+
+
+def test_each_tta_view_is_a_bilinear_resampling_by_its_matrix():
+  """Every view against scipy's own bilinear affine resampling, zeros outside the image."""
+  image = np.asarray(_images(1)[0])
+  for k, matrix in enumerate(augment.tta_matrices(9)):
+    expected = ndimage.affine_transform(image[:, :, 0], TTA_TABLE[k, :, :2], TTA_TABLE[k, :, 2],
+                                        order=1, mode="grid-constant", cval=0.0)
+    np.testing.assert_allclose(augment.warp(jnp.asarray(image), matrix)[:, :, 0], expected,
+                               atol=1e-3, err_msg=f"view {k}")
+
+
+@pytest.mark.parametrize("view, moved_to", [(0, (10, 12)), (1, (11, 12)), (2, (9, 12)),
+                                            (3, (10, 13)), (4, (10, 11))])
+def test_tta_shift_views_move_a_bright_pixel_by_one(view, moved_to):
+  image = jnp.zeros((28, 28, 1)).at[10, 12, 0].set(200.0)
+  out = np.asarray(augment.warp(image, augment.tta_matrices(9)[view]))
+  expected = np.zeros((28, 28, 1))
+  expected[moved_to] = 200.0
+  np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("view, centroid", [
+    # A point 10 rows above the centre: turned by ±8° about it, or 1/0.95 or 1/1.05 as far out.
+    (5, (13.5 - 10 * _C, 13.5 + 10 * _S)), (6, (13.5 - 10 * _C, 13.5 - 10 * _S)),
+    (7, (13.5 - 10 / 0.95, 13.5)), (8, (13.5 - 10 / 1.05, 13.5))])
+def test_tta_rotation_and_zoom_views_move_a_blob_where_the_transform_says(view, centroid):
+  image = jnp.zeros((28, 28, 1)).at[3:5, 13:15, 0].set(100.0)  # Centred on (3.5, 13.5).
+  out = np.asarray(augment.warp(image, augment.tta_matrices(9)[view]))[:, :, 0]
+  rows, cols = np.indices(out.shape)
+  found = (rows * out).sum() / out.sum(), (cols * out).sum() / out.sum()
+  np.testing.assert_allclose(found, centroid, atol=0.02)

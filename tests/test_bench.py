@@ -1,4 +1,8 @@
-"""Tests of dr_jax.bench: the PyTorch comparison (torch is not a test dependency), the profile."""
+"""Tests of dr_jax.bench: the PyTorch comparison (torch is not a test dependency), the profile.
+
+`dr-jax bench --vs-torch PYTHON` runs with a stand-in interpreter: a shell script that answers
+`-c "import torch"` and prints the reference script's JSON line.
+"""
 
 import gzip
 import json
@@ -11,6 +15,10 @@ from dr_jax import bench, models
 from dr_jax.errors import UserError
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "torch_baseline.py"
+TINY = SCRIPT.parent / "tiny.py"
+# A benchmark of the tiny config's narrow classic CNN that takes seconds.
+BENCH = ("bench", "--config", TINY, "--steps", "1", "--repeats", "1", "--predict-images", "16",
+         "--batch", "8", "--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=32")
 
 
 def _fake_python(tmp_path: pathlib.Path, has_torch: bool = True) -> str:
@@ -72,3 +80,31 @@ def test_op_times_sums_each_kind_of_op_per_step_from_the_newest_trace(tmp_path):
 def test_op_times_without_a_profile_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="no profile"):
     bench.op_times(tmp_path, 1)
+
+
+@pytest.mark.slow
+def test_cli_bench_vs_torch_divides_the_jax_rates_by_the_references(cli_main, tmp_path):
+  code, out, err = cli_main(*BENCH, "--vs-torch", _fake_python(tmp_path))
+  assert code == 0, err
+  figures = json.loads(out.strip().splitlines()[-1])
+  assert figures["torch_train_images_per_s"] == 100.0
+  assert figures["torch_predict_images_per_s"] == 400.0
+  assert figures["train_vs_torch"] == figures["train_images_per_s"] / 100.0
+  assert figures["predict_vs_torch"] == figures["predict_images_per_s"] / 400.0
+  table = dict(line.split(None, 1) for line in out.strip().splitlines()[:-1])
+  for key in ("train_vs_torch", "predict_vs_torch", "torch_train_images_per_s"):
+    assert table[key] == f"{figures[key]:,.2f}", key
+  argv = (tmp_path / "argv.txt").read_text().split()
+  assert argv == [str(SCRIPT), "--model", "classic", "--batch", "8", "--steps", "1",
+                  "--repeats", "1", "--predict-images", "16"]
+
+
+@pytest.mark.slow
+def test_cli_bench_vs_torch_with_an_interpreter_without_torch(cli_main, tmp_path):
+  python = _fake_python(tmp_path, has_torch=False)
+  code, out, err = cli_main(*BENCH, "--vs-torch", python)
+  assert code == 2 and "Traceback" not in err
+  assert err.strip().splitlines()[-1] == (
+      f"dr-jax: error: --vs-torch: {python} cannot import torch; pip install torch there, or "
+      "pass --vs-torch PATH/TO/python of an environment that has it")
+  assert not (tmp_path / "argv.txt").exists()

@@ -2,8 +2,8 @@
 
 Commands run in this process through `cli.main` (the `cli_main` fixture), which parses, dispatches
 and reports errors exactly as `dr-jax` does; what needs a real process runs in a subprocess
-(`run_cli`): `--help`, `run` and `bench` (slow tier), and predict on a corrupt checkpoint, whose
-one-line error relies on the process exiting at once.
+(`run_cli`): `--help`, `run` and `bench` with a profile (slow tier), and predict on a corrupt
+checkpoint, whose one-line error relies on the process exiting at once.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import pathlib
 import re
 import shutil
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import call_main, cli_isolation
+from dr_jax import augment, build, cli, config, evaluate, predict, provenance
+from dr_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = REPO / "experiments" / "tiny.py"
@@ -401,3 +405,467 @@ def test_score_rejects_bad_submission(cli_main, predicted, data, tmp_path, edit,
   bad = tmp_path / "bad.csv"
   bad.write_text("\n".join(edit(predicted[0].read_text().splitlines())) + "\n")
   assert_user_error(cli_main("score", bad, "--data-dir", data), str(bad), *fragments)
+
+
+# What predict computes, redone by hand from the members' logits.
+
+# One TTA view of every image, as predict makes it (evaluate._warp_all).
+_warp_view = jax.jit(jax.vmap(augment.warp, in_axes=(0, None)))
+# experiments/default.py at tiny sizes (the strided CNN, narrowed).
+DEFAULT_TINY = ("--config.num_epochs=1", "--config.data.subset=300", "--config.batch_size=32",
+                "--config.model.kwargs.widths=(8, 16, 32)", "--config.train.eval_batch_size=16")
+
+
+def submission_labels(path: pathlib.Path) -> np.ndarray:
+  """A submission's labels, after checking its header and its ImageIds 1..n in order."""
+  header, *rows = path.read_text().splitlines()
+  assert header == "ImageId,Label"
+  ids, labels = zip(*(map(int, row.split(",")) for row in rows))
+  assert list(ids) == list(range(1, len(rows) + 1))
+  return np.array(labels)
+
+
+def csv_test_images(workdir: pathlib.Path, data_dir: pathlib.Path) -> np.ndarray:
+  """test.csv's images as the run reads them."""
+  return build.load_test(provenance.read_config(workdir), data_dir).images
+
+
+def mean_softmax_labels(logits: list[np.ndarray]) -> np.ndarray:
+  """The top class of the softmax summed over views (each `(members, n, 10)`) and members."""
+  total = np.zeros(logits[0].shape[1:])
+  for view in logits:  # Summed as predict sums them: members in float32, views in float64.
+    total += np.asarray(jax.nn.softmax(view)).sum(axis=0)
+  return total.argmax(-1)
+
+
+def vote_labels(logits: list[np.ndarray]) -> np.ndarray:
+  """The class with the most votes, one per view and member for its top class (ties: lowest)."""
+  return sum(np.eye(10)[view.argmax(-1)].sum(axis=0) for view in logits).argmax(-1)
+
+
+@pytest.fixture(scope="module")
+def view_logits(trained, data) -> tuple[np.ndarray, list[np.ndarray]]:
+  """The trained run's logits `(1, n, 10)` on the plain test images and on each TTA view."""
+  predictor = evaluate.load_predictor(trained[0])
+  images = csv_test_images(trained[0], data)
+  views = [_warp_view(images.astype(np.float32), m) for m in augment.tta_matrices(9)]
+  return (predictor.member_logits(images),
+          [predictor.member_logits(np.asarray(view)) for view in views])
+
+
+def logits_for(view_logits, tta: int) -> list[np.ndarray]:
+  """The logits predict averages for `tta` views: the plain images for 1."""
+  plain, views = view_logits
+  return [plain] if tta == 1 else views[:tta]
+
+
+def write_config(path: pathlib.Path, overrides: list[str]) -> pathlib.Path:
+  """A config file: experiments/tiny.py with `overrides` (KEY=VALUE) applied."""
+  path.write_text(f'"""experiments/tiny.py with {", ".join(overrides)}."""\n\n'
+                  "from dr_jax.config import apply_overrides, load_config\n\n\n"
+                  f"def get_config():\n  return apply_overrides(load_config({str(TINY)!r}), "
+                  f"{overrides!r})\n")
+  return path
+
+
+def edit_run_config(workdir: pathlib.Path, **sections: dict) -> None:
+  """Changes keys of a run's config.json: `edit_run_config(w, data={"nan_policy": "drop"})`."""
+  saved = json.loads((workdir / "config.json").read_text())
+  for section, values in sections.items():
+    saved[section].update(values)
+  (workdir / "config.json").write_text(json.dumps(saved, indent=2))
+
+
+# predict --tta and --vote.
+
+
+@pytest.mark.parametrize("tta", range(1, 10))
+def test_predict_tta_averages_the_softmax_of_the_first_n_views(cli_main, trained, data,
+                                                               view_logits, tmp_path, tta):
+  out = tmp_path / "submission.csv"
+  code, stdout, err = cli_main("predict", "--workdir", trained[0], "--data-dir", data, "--out",
+                               out, "--tta", str(tta))
+  assert code == 0, err
+  assert stdout.strip() == str(out) and f", tta {tta})" in err
+  np.testing.assert_array_equal(submission_labels(out),
+                                mean_softmax_labels(logits_for(view_logits, tta)))
+
+
+def test_predict_tta_above_nine(cli_main, trained, data):
+  line = assert_user_error(cli_main("predict", "--workdir", trained[0], "--data-dir", data,
+                                    "--tta", "10"))
+  assert line == "dr-jax: error: --tta 10: choose 1 (no test-time augmentation) to 9"
+
+
+def test_predict_vote_takes_the_views_majority(cli_main, trained, data, view_logits, tmp_path):
+  """One member, three views: each view votes for its top class."""
+  vote, mean = tmp_path / "vote.csv", tmp_path / "mean.csv"
+  for out, extra in ((vote, ("--vote",)), (mean, ())):
+    code, stdout, err = cli_main("predict", "--workdir", trained[0], "--data-dir", data,
+                                 "--out", out, "--tta", "3", *extra)
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+  logits = logits_for(view_logits, 3)
+  voted = submission_labels(vote)
+  np.testing.assert_array_equal(voted, vote_labels(logits))
+  # Where every view has the same top class, voting and averaging agree.
+  top = np.stack([view[0].argmax(-1) for view in logits])
+  differ = voted != submission_labels(mean)
+  assert not (differ & (top == top[0]).all(axis=0)).any()
+
+
+@pytest.mark.slow
+def test_predict_vote_of_an_ensemble_is_its_members_majority(cli_main, data, tmp_path):
+  workdir = tmp_path / "run"
+  code, _, err = cli_main("train", "--config", TINY, "--workdir", workdir, "--data-dir", data,
+                          *QUICK, *NARROW, "--config.num_epochs=1", "--config.ensemble.size=3")
+  assert code == 0, err
+  vote, mean = tmp_path / "vote.csv", tmp_path / "mean.csv"
+  for out, extra in ((vote, ("--vote",)), (mean, ())):
+    code, _, err = cli_main("predict", "--workdir", workdir, "--data-dir", data, "--out", out,
+                            *extra)
+    assert code == 0, err
+    assert "3 member(s)" in err
+  logits = evaluate.load_predictor(workdir).member_logits(csv_test_images(workdir, data))
+  voted = submission_labels(vote)
+  np.testing.assert_array_equal(voted, vote_labels([logits]))
+  np.testing.assert_array_equal(submission_labels(mean), mean_softmax_labels([logits]))
+  top = logits.argmax(-1)
+  differ = voted != submission_labels(mean)
+  assert not (differ & (top == top[0]).all(axis=0)).any()
+
+
+def _count_views(monkeypatch) -> list[int]:
+  """Records the view count of every `augment.tta_matrices` call predict makes."""
+  counts, real = [], augment.tta_matrices
+  monkeypatch.setattr(augment, "tta_matrices",
+                      lambda count, *a, **k: counts.append(count) or real(count, *a, **k))
+  return counts
+
+
+def _predict_with_the_runs_tta(cli_main, workdir, data, tmp_path, monkeypatch) -> dict:
+  """Labels, the tta the message names and the views used, for no --tta, --tta 3 and --tta 1."""
+  counts = _count_views(monkeypatch)
+  found = {}
+  for name, extra in (("default", ()), ("3", ("--tta", "3")), ("1", ("--tta", "1"))):
+    out = tmp_path / f"{name}.csv"
+    code, _, err = cli_main("predict", "--workdir", workdir, "--data-dir", data, "--out", out,
+                            *extra)
+    assert code == 0, err
+    said = re.search(r", tta (\d)\)", err)
+    assert said, err
+    found[name] = (submission_labels(out), int(said.group(1)), counts[:])
+    counts.clear()
+  return found
+
+
+def test_predict_uses_the_runs_predict_tta_unless_tta_is_given(cli_main, workdir_copy, data,
+                                                               view_logits, tmp_path,
+                                                               monkeypatch):
+  edit_run_config(workdir_copy, predict={"tta": 3})
+  found = _predict_with_the_runs_tta(cli_main, workdir_copy, data, tmp_path, monkeypatch)
+  assert [found[name][1:] for name in ("default", "3", "1")] == [(3, [3]), (3, [3]), (1, [1])]
+  np.testing.assert_array_equal(found["default"][0], found["3"][0])
+  np.testing.assert_array_equal(found["3"][0], mean_softmax_labels(logits_for(view_logits, 3)))
+  np.testing.assert_array_equal(found["1"][0], mean_softmax_labels(logits_for(view_logits, 1)))
+
+
+@pytest.mark.slow
+def test_a_run_trained_with_predict_tta_predicts_with_that_many_views(cli_main, data, tmp_path,
+                                                                      monkeypatch):
+  workdir = tmp_path / "run"
+  code, _, err = cli_main("train", "--config", TINY, "--workdir", workdir, "--data-dir", data,
+                          *QUICK, *NARROW, "--config.num_epochs=1", "--config.predict.tta=3")
+  assert code == 0, err
+  assert provenance.read_config(workdir).predict.tta == 3
+  found = _predict_with_the_runs_tta(cli_main, workdir, data, tmp_path, monkeypatch)
+  assert [found[name][1:] for name in ("default", "3", "1")] == [(3, [3]), (3, [3]), (1, [1])]
+  np.testing.assert_array_equal(found["default"][0], found["3"][0])
+
+
+def test_blend_refuses_runs_that_keep_other_test_rows(cli_main, trained, data, tmp_path):
+  """An empty cell in test.csv: nan_policy=fill keeps its row, drop does not."""
+  with_nan = tmp_path / "data"
+  with_nan.mkdir()
+  lines = (data / "test.csv").read_text().splitlines(keepends=True)
+  (with_nan / "test.csv").write_text(set_cell(lines, 4, 100, ""))
+  fill, drop = tmp_path / "fill", tmp_path / "drop"
+  for workdir, policy in ((fill, "fill"), (drop, "drop")):
+    shutil.copytree(trained[0], workdir)
+    edit_run_config(workdir, data={"nan_policy": policy})
+  n_test = len(lines) - 1
+  message = (f"{drop}: its data settings keep {n_test - 1} test images, the runs before it "
+             f"{n_test}; blend runs with the same data.nan_policy")
+  out = tmp_path / "blend.csv"
+  with pytest.raises(UserError) as info:
+    predict.blend([fill, drop], with_nan, out)
+  assert str(info.value) == message
+  line = assert_user_error(cli_main("predict", "--workdir", fill, "--workdir", drop,
+                                    "--data-dir", with_nan, "--out", out))
+  assert line == f"dr-jax: error: {message}"
+  assert not out.exists()
+
+
+def test_predict_refuses_a_checkpoint_of_another_model(cli_main, workdir_copy, data):
+  """A classic CNN's checkpoint under a config that names the strided CNN."""
+  edit_run_config(workdir_copy, model={"name": "strided", "kwargs": {
+      "widths": [8, 16, 32], "dropout": 0.4, "space_to_depth": True}})
+  best = next((workdir_copy / "checkpoints" / "best").iterdir())
+  submission = workdir_copy / "submission.csv"
+  before = submission.read_bytes() if submission.exists() else None
+  line = assert_user_error(cli_main("predict", "--workdir", workdir_copy, "--data-dir", data))
+  assert line.startswith(f"dr-jax: error: {best}: checkpoint cannot be read (")
+  assert line.endswith("); it is damaged or from another model: delete it, or retrain")
+  assert (submission.read_bytes() if submission.exists() else None) == before
+
+
+# score on files that are not submissions.
+
+
+def _answers_with(data: pathlib.Path, row: int, column: int, value: str) -> str:
+  """The test answers (a perfect submission) with one cell replaced."""
+  return set_cell((data / "test_answers.csv").read_text().splitlines(keepends=True), row,
+                  column, value)
+
+
+@pytest.mark.parametrize("row, column, value, message", [
+    pytest.param(3, 1, "seven", "line 5: Label must be an integer, got 'seven'", id="word"),
+    pytest.param(6, 0, "x7", "line 8: ImageId must be an integer, got 'x7'", id="image-id"),
+])
+def test_score_rejects_a_cell_that_is_not_an_integer(cli_main, data, tmp_path, row, column,
+                                                     value, message):
+  bad = tmp_path / "bad.csv"
+  bad.write_text(_answers_with(data, row, column, value))
+  line = assert_user_error(cli_main("score", bad, "--data-dir", data))
+  assert line == f"dr-jax: error: {bad}: {message}"
+
+
+@pytest.mark.parametrize("value", ["3.5", ""], ids=["fraction", "empty"])
+def test_score_names_a_numeric_non_integer_cell_as_written(cli_main, data, tmp_path, value):
+  bad = tmp_path / "bad.csv"
+  bad.write_text(_answers_with(data, 3, 1, value))
+  line = assert_user_error(cli_main("score", bad, "--data-dir", data))
+  assert line.startswith(f"dr-jax: error: {bad}: line 5: Label must be an integer, got ")
+  assert "np.float64" not in line, line  # The cell as the file has it, not numpy's repr.
+
+
+def test_score_names_the_line_of_a_whole_number_written_as_a_fraction(cli_main, data, tmp_path):
+  """`4.0` on line 5 alone: either accepted as 4, or reported where it is."""
+  bad = tmp_path / "bad.csv"
+  bad.write_text(_answers_with(data, 3, 1, "4.0"))
+  code, out, err = cli_main("score", bad, "--data-dir", data)
+  if code == 0:
+    return
+  line = assert_user_error((code, out, err))
+  assert line.startswith(f"dr-jax: error: {bad}: line 5: Label must be an integer, got "), line
+  assert "4.0" in line
+
+
+def test_score_of_a_header_without_rows(cli_main, data, tmp_path):
+  bad = tmp_path / "bad.csv"
+  bad.write_text("ImageId,Label\n")
+  line = assert_user_error(cli_main("score", bad, "--data-dir", data))
+  assert line.startswith(f"dr-jax: error: {bad}: "), line
+
+
+@pytest.mark.parametrize("content, reason", [
+    pytest.param(None, None, id="directory"),
+    pytest.param(b"", "No columns to parse from file", id="empty"),
+    pytest.param(bytes(range(256)) * 4,
+                 "'utf-8' codec can't decode byte 0x80 in position 128: invalid start byte",
+                 id="binary"),
+])
+@pytest.mark.parametrize("role", ["submission", "answers"])
+def test_score_rejects_an_unreadable_file(cli_main, predicted, data, tmp_path, content, reason,
+                                          role):
+  bad = tmp_path / "bad.csv"
+  if content is None:
+    bad.mkdir()
+  else:
+    bad.write_bytes(content)
+  args = (bad, "--answers", data / "test_answers.csv") if role == "submission" else \
+      (predicted[0], "--answers", bad)
+  line = assert_user_error(cli_main("score", *args))
+  assert line == (f"dr-jax: error: {role} file {bad} not found" if content is None else
+                  f"dr-jax: error: {bad}: not a readable CSV ({reason})")
+
+
+# report and sweep.
+
+
+def test_report_writes_its_figures_and_prints_the_index(cli_main, workdir_copy, data):
+  code, out, err = cli_main("report", workdir_copy, "--data-dir", data)
+  assert code == 0, err
+  index = workdir_copy / "report" / "index.md"
+  assert out.strip().splitlines()[-1] == str(index)
+  text = index.read_text()
+  assert text.startswith(f"# Report: {workdir_copy}\n")
+  for name in ("learning_curves", "confusion_matrix", "worst_errors", "conv1_filters", "digit"):
+    assert (index.parent / f"{name}.png").is_file() and f"]({name}.png)" in text, name
+  assert list(index.parent.glob("feature_maps_*.png"))
+
+
+@pytest.fixture(scope="module")
+def swept(cli_env, data, tmp_path_factory) -> tuple[pathlib.Path, tuple[int, str, str]]:
+  """`dr-jax sweep` of a config whose loss blows up, then experiments/tiny.py; one seed each."""
+  root = tmp_path_factory.mktemp("sweep")
+  diverging = write_config(root / "diverging.py", ["optimizer.name=sgd", "optimizer.lr=1e6",
+                                                   "schedule.name=constant"])
+  with cli_isolation(cli_env):
+    result = call_main(("sweep", diverging, TINY, "--seeds", "1", "--workdir", root / "sweep",
+                        "--data-dir", data, "--config.num_epochs=1", "--config.data.subset=300",
+                        *NARROW))
+  return root / "sweep", result
+
+
+def _result_rows(workdir: pathlib.Path) -> list[dict[str, str]]:
+  header, *rows = (workdir / "results.csv").read_text().splitlines()
+  return [dict(zip(header.split(","), row.split(","))) for row in rows]
+
+
+@pytest.mark.slow
+def test_sweep_prints_its_results_table(swept):
+  workdir, (code, out, err) = swept
+  assert code == 0, err
+  assert out == (workdir / "results.md").read_text()
+  assert f"results: {workdir / 'results.csv'}, {workdir / 'results.png'}" in err
+  assert re.search(r"^\| tiny \| 1 \| (0\.\d{4}|1\.0000) \| (0\.\d{4}|1\.0000) \| 1\.0 \|", out,
+                   re.MULTILINE), out
+  tiny = json.loads((workdir / "tiny" / "seed0" / "result.json").read_text())
+  assert tiny["status"] == "ok" and tiny["epochs"] == 1
+  assert (workdir / "tiny" / "seed0" / "submission.csv").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_records_a_diverged_run_and_goes_on(swept):
+  workdir, (code, out, err) = swept
+  assert code == 0, err
+  rows = _result_rows(workdir)
+  assert [(r["config"], r["status"]) for r in rows] == [("diverging", "diverged"),
+                                                       ("tiny", "ok")]
+  assert rows[0]["best_val_accuracy"] == rows[0]["test_accuracy"] == ""
+  diverged = json.loads((workdir / "diverging" / "seed0" / "result.json").read_text())
+  assert diverged["error"].startswith("training loss became ")
+  assert "| diverging | 0 (+1 diverged) | – | – | – |" in out
+  assert not (workdir / "diverging" / "seed0" / "submission.csv").exists()
+
+
+# train, run and bench without --workdir or --config.
+
+
+def test_train_without_workdir_uses_runs_and_the_config_name(cli_main, trained, data, tmp_path):
+  """A finished run copied to ./runs/tiny: `train` without --workdir finds it there."""
+  run = shutil.copytree(trained[0], tmp_path / "runs" / "tiny")
+  records = (run / "metrics.jsonl").read_text()
+  code, out, err = cli_main("train", "--config", TINY, "--data-dir", data, *QUICK, *NARROW,
+                            cwd=tmp_path)
+  assert code == 0, err
+  summary = last_json(out)
+  assert summary["workdir"] == str(pathlib.Path("runs") / "tiny") and summary["epochs"] == 2
+  assert f"resuming {pathlib.Path('runs') / 'tiny'} after epoch 2" in err
+  assert (run / "metrics.jsonl").read_text() == records
+
+
+@pytest.mark.slow
+def test_train_without_workdir_trains_into_runs_and_the_config_name(cli_main, data, tmp_path):
+  code, out, err = cli_main("train", "--config", TINY, "--data-dir", data, *QUICK, *NARROW,
+                            "--config.num_epochs=1", cwd=tmp_path)
+  assert code == 0, err
+  assert last_json(out)["workdir"] == str(pathlib.Path("runs") / "tiny")
+  assert (tmp_path / "runs" / "tiny" / "checkpoints" / "best" / "1").is_dir()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_default_config_is_the_checkouts_else_the_current_directorys(tmp_path, monkeypatch):
+  assert cli._default_config() == REPO / "experiments" / "default.py"
+  monkeypatch.setattr(cli, "_REPO", tmp_path / "site-packages")
+  (tmp_path / "experiments").mkdir()
+  (tmp_path / "experiments" / "default.py").write_text("")
+  monkeypatch.chdir(tmp_path)
+  assert cli._default_config() == pathlib.Path.cwd() / "experiments" / "default.py"
+
+
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_run_and_bench_without_config_where_no_default_config_is(cli_main, data, tmp_path,
+                                                                 monkeypatch, command):
+  monkeypatch.setattr(cli, "_REPO", tmp_path / "site-packages")
+  args = ("--data-dir", data, "--workdir", tmp_path / "run") if command == "run" else ()
+  line = assert_user_error(cli_main(command, *args, cwd=tmp_path))
+  assert line == ("dr-jax: error: experiments/default.py not found; run from the dr_jax "
+                  "checkout or pass --config FILE")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_run_without_config_trains_experiments_default(cli_main, data, tmp_path):
+  workdir = tmp_path / "run"
+  code, out, err = cli_main("run", "--data-dir", data, "--workdir", workdir, *DEFAULT_TINY)
+  assert code == 0, err
+  expected = config.apply_overrides(config.load_config(REPO / "experiments" / "default.py"),
+                                    [arg.removeprefix("--config.") for arg in DEFAULT_TINY])
+  assert config.flatten(provenance.read_config(workdir)) == config.flatten(expected)
+  lines = out.strip().splitlines()
+  assert lines[0] == f"submission:  {workdir / 'submission.csv'}"
+  assert ACCURACY.fullmatch(lines[-1]), out
+
+
+@pytest.mark.slow
+def test_bench_without_config_times_experiments_default(cli_main):
+  code, out, err = cli_main("bench", "--steps", "1", "--repeats", "1", "--predict-images", "16",
+                            "--batch", "8", "--config.model.kwargs.widths=(8, 16, 32)")
+  assert code == 0, err
+  figures = last_json(out)
+  assert (figures["model"], figures["batch"], figures["members"]) == ("strided", 8, 1)
+  assert figures["train_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
+
+
+# --config.KEY VALUE, the form with a space.
+
+
+def test_config_override_with_a_space_equals_the_one_with_equals(cli_main):
+  by_space = cli_main("summary", "--config", TINY, "--config.model.kwargs.dense", "64")
+  by_equals = cli_main("summary", "--config.model.kwargs.dense=64", "--config", TINY)
+  assert by_space[0] == 0, by_space[2]
+  assert by_space == by_equals
+  # Classic CNN, widths (32, 64): 832 + 25,632 + 18,496 + 36,928 conv, 3,136 x 64 + 64 and
+  # 64 x 10 + 10 dense.
+  assert "283,306" in by_space[1]
+
+
+def test_config_override_without_value_at_the_end(cli_main):
+  line = assert_user_error(cli_main("summary", "--config", TINY, "--config.model.kwargs.dense"))
+  assert line == "dr-jax: error: --config.model.kwargs.dense: expected --config.KEY=VALUE"
+
+
+# The variants a config can choose, each trained and predicted end to end.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file, options", [
+    pytest.param(REPO / "experiments" / "strided.py", ("--config.model.kwargs.widths=(8, 16, 32)",),
+                 id="strided"),
+    pytest.param(TINY, (*NARROW, "--config.model.kwargs.batch_norm=true"), id="batch-norm"),
+    pytest.param(TINY, (*NARROW, "--config.model.dtype=bfloat16"), id="bfloat16"),
+    pytest.param(TINY, (*NARROW, "--config.optimizer.name=adam"), id="adam"),
+    pytest.param(TINY, (*NARROW, "--config.augment.flip=true"), id="flip"),
+])
+def test_variant_trains_and_predicts(cli_main, data, tmp_path, config_file, options):
+  workdir = tmp_path / "run"
+  code, out, err = cli_main("train", "--config", config_file, "--workdir", workdir, "--data-dir",
+                            data, "--config.num_epochs=1", "--config.data.subset=300",
+                            "--config.batch_size=32", "--config.data.val_fraction=0.1", *options)
+  assert code == 0, err
+  summary = last_json(out)
+  assert summary["epochs"] == 1 and 0 <= summary["best_val_accuracy"] <= 1
+  record = json.loads((workdir / "metrics.jsonl").read_text())
+  assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+  saved = provenance.read_config(workdir)
+  for option in options:  # Each option is in the run's config.json.
+    flat = config.flatten(saved)
+    assert config.flatten(config.apply_overrides(saved, [option.removeprefix("--config.")])) == flat
+  code, out, err = cli_main("predict", "--workdir", workdir, "--data-dir", data)
+  assert code == 0, err
+  assert len(submission_labels(workdir / "submission.csv")) == len(csv_test_images(workdir, data))
+  predictor = evaluate.load_predictor(workdir)
+  has_batch_stats = saved.model.name == "strided" or saved.model.kwargs.get("batch_norm", False)
+  assert ("batch_stats" in predictor.variables) == has_batch_stats

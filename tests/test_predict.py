@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dr_jax import build, config, data, evaluate, optim, predict, steps, train
+from dr_jax import augment, build, config, data, evaluate, optim, predict, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -73,6 +73,29 @@ def test_member_is_that_members_slice_of_the_ensemble():
                              rtol=1e-5, atol=1e-5)
 
 
+def _view_logits(p, count):
+  """Each member's logits on each of the first `count` TTA views, warped one image at a time."""
+  warp = jax.vmap(augment.warp, (0, None))
+  return [p.member_logits(np.asarray(warp(IMAGES.astype(np.float32), m)))
+          for m in augment.tta_matrices(count)]
+
+
+@pytest.mark.parametrize("tta", range(2, 10))
+def test_tta_averages_the_softmax_of_the_first_n_views(tta):
+  p = _predictor(members=2)
+  views = _view_logits(p, tta)
+  expected = sum(np.asarray(jax.nn.softmax(v)).mean(axis=0) for v in views) / tta
+  np.testing.assert_allclose(p.probabilities(IMAGES, tta=tta), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_vote_over_views_gives_each_member_and_view_one_vote():
+  p = _predictor(members=3)
+  top = np.concatenate([v.argmax(-1) for v in _view_logits(p, 3)])  # (9, n): 3 views x 3.
+  votes = p.probabilities(IMAGES, tta=3, vote=True)
+  for i in range(len(IMAGES)):
+    np.testing.assert_allclose(votes[i], np.bincount(top[:, i], minlength=10) / 9)
+
+
 @pytest.mark.parametrize("tta", [0, 10])
 def test_tta_out_of_range_is_a_user_error(tta):
   with pytest.raises(UserError, match="--tta"):
@@ -110,6 +133,35 @@ def test_score_rejects_wrong_header_and_missing_file(tmp_path):
     predict.score(_write(tmp_path / "sub.csv", [(1, 3)], header="Id,Label"), answers)
   with pytest.raises(UserError, match="not found"):
     predict.score(tmp_path / "nope.csv", answers)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ImageId,Label\n1,3\n2,x\n3,5\n", "line 3: Label must be an integer, got 'x'"),
+    ("ImageId,Label\n1,3\n2,4\nthree,5\n", "line 4: ImageId must be an integer, got 'three'"),
+    ("", "not a readable CSV (No columns to parse from file)"),
+    ("ImageId,Label\n1,3\n2,4,7\n3,5\n",
+     "not a readable CSV (Error tokenizing data. C error: Expected 2 fields in line 3, saw 3)"),
+])
+def test_score_rejects_a_submission_it_cannot_read(tmp_path, text, message):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5)])
+  sub = tmp_path / "sub.csv"
+  sub.write_text(text)
+  with pytest.raises(UserError) as info:
+    predict.score(sub, answers)
+  assert str(info.value) == f"{sub}: {message}"
+
+
+def test_score_rejects_binary_files_and_directories(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3)])
+  garbage = tmp_path / "garbage.csv"
+  garbage.write_bytes(bytes(range(256)))
+  with pytest.raises(UserError) as info:
+    predict.score(garbage, answers)
+  assert str(info.value) == (f"{garbage}: not a readable CSV ('utf-8' codec can't decode byte "
+                             "0x80 in position 128: invalid start byte)")
+  with pytest.raises(UserError) as info:
+    predict.score(answers, tmp_path)
+  assert str(info.value) == f"answers file {tmp_path} not found"
 
 
 @pytest.mark.slow
@@ -176,6 +228,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
   assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4
 
 
+@pytest.mark.slow
 def test_validate_refuses_a_train_csv_the_run_was_not_trained_on(tmp_path, kaggle_dir):
   data_dir = kaggle_dir(n_train=300, n_test=10)
   workdir = tmp_path / "run"

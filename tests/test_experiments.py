@@ -1,0 +1,104 @@
+"""Every experiment config (and every variant of a grid file) loads, checks and trains on tiny data.
+
+Each is trained for one epoch at tiny sizes (narrow model, at most 2 members) through
+`train.train_and_evaluate`, so a config that a refactor broke fails here rather than an hour into
+its real run. experiments/default.py (`dr-jax run`'s) is in the fast tier; the others are slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import ml_collections
+import pytest
+
+from dr_jax import config, pseudo, sweep, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "experiments" / "default.py"
+# As tests/test_config.py: "_" files are helpers, torch_baseline.py is the PyTorch benchmark.
+EXPERIMENTS = [p for p in sorted(ROOT.glob("experiments/*.py"))
+               + sorted(ROOT.glob("experiments/ablations/*.py"))
+               if not p.name.startswith("_") and p.name != "torch_baseline.py"]
+# (file, variant name) of every config, each grid variant on its own; default.py has its own test.
+VARIANTS = [pytest.param(path, name, id=str(path.relative_to(ROOT))
+                         + ("" if name == path.stem else f":{name.split('/')[-1]}"))
+            for path in EXPERIMENTS if path != DEFAULT
+            for name, _ in sweep.load_variants(path)]
+
+
+def tiny(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`cfg` at tiny sizes: one epoch of batches of 32, narrow layers, at most 2 members."""
+  overrides = ["num_epochs=1", "batch_size=32", "data.subset=0", "train.eval_batch_size=50"]
+  if cfg.model.name == "strided":
+    overrides.append("model.kwargs.widths=(8, 16, 32)")
+  else:
+    overrides += ["model.kwargs.widths=(8, 16)", "model.kwargs.dense=32"]
+  if cfg.ensemble.size > 2:
+    overrides.append("ensemble.size=2")
+  return config.apply_overrides(cfg, overrides)
+
+
+@pytest.fixture(scope="module")
+def data(kaggle_dir) -> pathlib.Path:
+  """400 training images: a 2.5% validation split still holds one image of each class."""
+  return kaggle_dir(n_train=400, n_test=20)
+
+
+def train_tiny(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
+               data_dir: pathlib.Path) -> dict:
+  """Trains `cfg` (checked first) for its one epoch and checks what the run wrote."""
+  config.check(cfg)
+  summary = train.train_and_evaluate(cfg, workdir, data_dir, pseudo.for_config(cfg, data_dir))
+  assert summary["epochs"] == 1 and 0 <= summary["best_val_accuracy"] <= 1
+  (record,) = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
+  assert record["images_per_s"] > 0
+  assert (workdir / "checkpoints" / "best" / "1").is_dir()
+  assert json.loads((workdir / "config.json").read_text()) == json.loads(cfg.to_json())
+  return summary
+
+
+@pytest.fixture(scope="module")
+def default_run(data, tmp_path_factory) -> pathlib.Path:
+  """experiments/default.py trained at tiny sizes; also the pseudo-label configs' teacher."""
+  cfg = config.load_config(DEFAULT)
+  config.check(cfg)
+  workdir = tmp_path_factory.mktemp("default") / "run"
+  train_tiny(tiny(cfg), workdir, data)
+  return workdir
+
+
+def test_default_config_trains_on_tiny_data(default_run):
+  """What trained is default.py with only its sizes made tiny: the strided CNN, one-cycle."""
+  saved = json.loads((default_run / "config.json").read_text())
+  assert saved == json.loads(tiny(config.load_config(DEFAULT)).to_json())
+  assert (saved["model"]["name"], saved["schedule"]["name"]) == ("strided", "onecycle")
+
+
+def test_the_variants_cover_every_other_file_and_each_grid_row():
+  files = {p.values[0] for p in VARIANTS}
+  assert files == set(EXPERIMENTS) - {DEFAULT}
+  grid = ROOT / "experiments" / "ablations" / "grid_schedules.py"
+  assert [p.values[1] for p in VARIANTS if p.values[0] == grid] == [
+      f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant", "cosine",
+                                            "exponential")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, name", VARIANTS)
+def test_experiment_trains_on_tiny_data(path, name, data, tmp_path, request):
+  (cfg,) = [c for n, c in sweep.load_variants(path) if n == name]
+  config.check(cfg)
+  cfg = tiny(cfg)
+  if cfg.pseudo.teacher:
+    # Any teacher will do; a threshold of 0.1 lets every test image join (the top class of 10
+    # always has at least that).
+    cfg = config.apply_overrides(cfg, [f"pseudo.teacher={request.getfixturevalue('default_run')}",
+                                       "pseudo.threshold=0.1"])
+  train_tiny(cfg, tmp_path / "run", data)
+  if cfg.pseudo.teacher:
+    (record,) = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert record["pseudo_labels"]["rows"] == 20
