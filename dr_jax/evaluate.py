@@ -123,11 +123,10 @@ def _check_fits(model: nn.Module, params: dict, where: pathlib.Path) -> None:
   """Refuses parameters (stacked over members) of another architecture than `model`'s."""
   expected = jax.eval_shape(lambda key: models.init_variables(model, key),
                             jax.random.key(0))["params"]
-  shapes = lambda tree: jax.tree_util.tree_flatten_with_path(
-      jax.tree.map(lambda leaf: tuple(leaf.shape), tree))[0]
+  layout = lambda tree: [(jax.tree_util.keystr(path), tuple(leaf.shape))
+                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
   # The checkpoint's leaves carry a leading member axis.
-  got = jax.tree.map(lambda leaf: np.empty(leaf.shape[1:], np.int8), params)
-  if shapes(got) != shapes(expected):
+  if [(path, shape[1:]) for path, shape in layout(params)] != layout(expected):
     raise UserError(f"{where}: checkpoint cannot be read (its parameters do not fit "
                     f"{type(model).__name__}); it is damaged or from another model: delete it, "
                     "or retrain")

@@ -163,20 +163,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   # inside jit so every process of a multi-host run builds its part of the same global arrays.
   state = jax.jit(lambda key: init_state(cfg, tx, key),
                   out_shardings=parallel.replicated(mesh))(init_key)
-  best = jax.tree.map(jnp.copy, steps.variables(state))  # A copy: the state gets donated.
-  run = RunState.fresh(cfg.ensemble.size, cfg.optimizer.lr, (split.shift, split.scale))
   pseudo_record = pseudo_labels.record() if pseudo_labels else None
-
   ckpts = checkpoint.Checkpoints(workdir)
-  if ckpts.latest_epoch("latest") is not None:
-    provenance.check_train_data(workdir, split.source, split.digest)
-    provenance.check_pseudo_labels(workdir, pseudo_record)
-  resumed = ckpts.resume(_ckpt_tree(state), best)
-  if resumed:
-    tree, best, run = resumed
-    state = state.replace(**tree)
-    metrics.log(f"resuming {workdir} after epoch {run.epoch} (best so far: epoch "
-                f"{run.best_epoch}, val accuracy {run.best_val_accuracy:.4f})")
+  state, best, run = _resume_or_start(cfg, workdir, ckpts, split, state, pseudo_record)
   if distributed.is_primary():
     provenance.write_run_files(workdir, cfg, run.epoch > 0, split.source, split.digest,
                                pseudo_record)
@@ -223,6 +212,25 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
               f"checkpoint {workdir / 'checkpoints' / 'best'}; TensorBoard: "
               f"tensorboard --logdir {workdir / 'tensorboard'}")
   return summary
+
+
+def _resume_or_start(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
+                     ckpts: checkpoint.Checkpoints, split: build.Split, state: steps.TrainState,
+                     pseudo_record: dict | None) -> tuple[steps.TrainState, dict, RunState]:
+  """The run's state, best variables and record: from `latest` if it has one, else fresh."""
+  best = jax.tree.map(jnp.copy, steps.variables(state))  # A copy: the state gets donated.
+  if ckpts.latest_epoch("latest") is None:
+    return state, best, RunState.fresh(cfg.ensemble.size, cfg.optimizer.lr,
+                                       (split.shift, split.scale))
+  # Other data would rebuild other splits: validation images the run already trained on.
+  provenance.check_train_data(workdir, split.source, split.digest)
+  provenance.check_pseudo_labels(workdir, pseudo_record)
+  resumed = ckpts.resume(_ckpt_tree(state), best)
+  assert resumed is not None  # `latest` exists.
+  tree, best, run = resumed
+  metrics.log(f"resuming {workdir} after epoch {run.epoch} (best so far: epoch "
+              f"{run.best_epoch}, val accuracy {run.best_val_accuracy:.4f})")
+  return state.replace(**tree), best, run
 
 
 def _training_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path,
