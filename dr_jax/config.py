@@ -158,11 +158,41 @@ def user_code(path: pathlib.Path) -> Iterator[None]:
     sys.path.remove(str(path.parent))
 
 
+def experiments_dir() -> pathlib.Path:
+  """The shipped experiment configs: dr_jax/experiments when installed, experiments/ in a
+  checkout."""
+  package = pathlib.Path(__file__).resolve().parent
+  installed = package / "experiments"
+  return installed if installed.is_dir() else package.parent / "experiments"
+
+
+def shipped_configs() -> list[str]:
+  """Names `--config` accepts for the shipped configs (`default`, `ablations/adam`, ...)."""
+  root = experiments_dir()
+  files = [p for p in (*sorted(root.glob("*.py")), *sorted(root.glob("*/*.py")))
+           if "def get_config" in p.read_text(errors="replace")]
+  return [str(p.relative_to(root).with_suffix("")) for p in files]
+
+
+def find_config(config: str | pathlib.Path) -> pathlib.Path:
+  """A config's file: the path itself, or a shipped config by name ("default")."""
+  path = pathlib.Path(config)
+  if path.is_file():
+    return path
+  shipped = experiments_dir() / path.with_suffix(".py")
+  if path.suffix in ("", ".py") and not path.is_absolute() and shipped.is_file():
+    return shipped
+  names = shipped_configs()
+  close = difflib.get_close_matches(str(config), names, n=1)
+  top = [name for name in names if "/" not in name]
+  hint = f"; did you mean {close[0]}?" if close else f" (shipped: {', '.join(top)}, ...)"
+  raise UserError(f"config file {path} not found; pass a .py file or the name of a shipped "
+                  f"config such as default{hint}")
+
+
 def load_module(path: str | pathlib.Path) -> types.ModuleType:
   """Imports a config (or grid) file under `user_code`; call its functions under it too."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise UserError(f"config file {path} not found; pass a file such as experiments/default.py")
+  path = find_config(path)
   spec = importlib.util.spec_from_file_location(f"_dr_jax_config_{path.stem}", path)
   if spec is None or spec.loader is None:  # Python imports only .py (and compiled) files.
     raise UserError(f"config file {path} is not a Python file; pass a .py file such as "
@@ -174,8 +204,9 @@ def load_module(path: str | pathlib.Path) -> types.ModuleType:
 
 
 def load_config(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Imports a Python config file and calls its `get_config()`; errors are one line."""
-  path = pathlib.Path(path)
+  """Imports a Python config file (or a shipped one by name) and calls its `get_config()`;
+  errors are one line."""
+  path = find_config(path)
   module = load_module(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"config file {path} has no get_config() function")

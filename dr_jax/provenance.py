@@ -9,7 +9,6 @@ import platform
 import subprocess
 import time
 
-import jax
 import ml_collections
 
 from dr_jax.errors import UserError
@@ -47,6 +46,8 @@ def write_run_files(workdir: pathlib.Path, cfg: ml_collections.ConfigDict, resum
                     train_csv: pathlib.Path, train_digest: str,
                     pseudo_labels: dict | None = None) -> None:
   """Writes config.json and provenance.json (a resumed run appends to the provenance list)."""
+  import jax  # Here: reading a run's records (`train_data_dir`) should not import jax.
+
   atomic_write_bytes(workdir / "config.json", cfg.to_json(indent=2).encode())
   record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resumed,
             "versions": versions(), "git_commit": git_commit(),
@@ -78,6 +79,12 @@ def check_train_data(workdir: pathlib.Path, train_csv: pathlib.Path, train_diges
     raise UserError(f"{train_csv} holds other digits than the train.csv {workdir} was trained on "
                     f"({recorded['path']}; sha256 {recorded['sha256'][:12]}…, this file "
                     f"{train_digest[:12]}…); pass --data-dir with the run's train.csv")
+
+
+def train_data_dir(workdir: pathlib.Path) -> pathlib.Path | None:
+  """The directory of the train.csv the run was last trained on, if recorded."""
+  recorded = next((r["train_data"] for r in reversed(_records(workdir)) if "train_data" in r), None)
+  return pathlib.Path(recorded["path"]).parent if recorded else None
 
 
 def _pseudo_text(record: dict | None) -> str:

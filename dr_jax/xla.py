@@ -1,8 +1,16 @@
-"""XLA compiler options that run these CNNs faster on CPU (the default fast path)."""
+"""XLA settings: the compiler options of the CPU fast path, and the persistent compilation cache."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import sys
+
 import jax
+import jax.numpy as jnp
 
 # XLA:CPU's experimental YNNPACK library fusions are on by default, and its convolutions ran
 # this project's at half the speed of XLA's Eigen path, or (the strided model's 3×3 32→32 layer,
@@ -12,12 +20,75 @@ import jax
 # both models' inference and gradient under each setting; training is no slower with this one.
 FAST_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
+# DR_JAX_COMPILATION_CACHE: unset → the user's cache directory; a path → there; off → no cache.
+CACHE_ENV = "DR_JAX_COMPILATION_CACHE"
+_OFF = ("0", "off", "false", "no", "none")
+
+
+@functools.cache
+def supported(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib's XLA accepts `options`; says once on stderr when it does not.
+
+  An option another jaxlib renamed or dropped fails every compile ("No such compile option"),
+  so a trivial program is compiled with the options first.
+  """
+  try:
+    jax.jit(jnp.negative).lower(jnp.zeros(1)).compile(compiler_options=dict(options))
+  except jax.errors.JaxRuntimeError as e:
+    reason = str(e).strip().splitlines()[0]
+    print(f"dr-jax: this jaxlib ({jax.__version__}) does not accept the CPU fast path's XLA "
+          f"options ({reason}); compiling with XLA's defaults instead", file=sys.stderr)
+    return False
+  return True
+
 
 def compiler_options(fast_cpu: bool) -> dict[str, str] | None:
   """Per-function compiler options for every jitted program (train, eval, predict).
 
-  None off CPU or when disabled: then XLA compiles with its defaults.
+  None off CPU, when disabled, or when this jaxlib does not know them: then XLA compiles with its
+  defaults.
   """
-  if fast_cpu and jax.default_backend() == "cpu":
+  if fast_cpu and jax.default_backend() == "cpu" and supported(tuple(FAST_CPU_OPTIONS.items())):
     return dict(FAST_CPU_OPTIONS)
   return None
+
+
+def _host_tag() -> str:
+  """A short name for this CPU's instruction set, so a shared home never loads code built for
+  another CPU (an AVX-512 program on an AVX2 machine would die on an illegal instruction)."""
+  flags = ""
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.is_file():
+    flags = next((line for line in cpuinfo.read_text(errors="replace").splitlines()
+                  if line.startswith(("flags", "Features"))), "")
+  return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:10]}"
+
+
+def cache_dir() -> pathlib.Path | None:
+  """Where compiled programs are kept between commands, or None when the cache is off."""
+  setting = os.environ.get(CACHE_ENV, "").strip()
+  if setting.lower() in _OFF:
+    return None
+  if setting:
+    return pathlib.Path(setting).expanduser()
+  root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+  return root / "dr_jax" / "jax" / _host_tag()
+
+
+def use_compilation_cache() -> pathlib.Path | None:
+  """Turns on JAX's persistent compilation cache (see `cache_dir`), so a second command of the
+  same config loads its programs instead of compiling them; a cache already set is kept."""
+  configured = getattr(jax.config, "jax_compilation_cache_dir", None)
+  if configured:  # JAX_COMPILATION_CACHE_DIR, or the caller's own choice.
+    return pathlib.Path(configured)
+  path = cache_dir()
+  if path is None:
+    return None
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None  # A read-only home: compile every time rather than fail.
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  # Predict and eval programs compile in about a second; JAX's default skips those under 1 s.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  return path

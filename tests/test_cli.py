@@ -776,24 +776,52 @@ def test_train_without_workdir_trains_into_runs_and_the_config_name(cli_main, da
   assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
 
 
-def test_default_config_is_the_checkouts_else_the_current_directorys(tmp_path, monkeypatch):
-  assert cli._default_config() == REPO / "experiments" / "default.py"
-  monkeypatch.setattr(cli, "_REPO", tmp_path / "site-packages")
-  (tmp_path / "experiments").mkdir()
-  (tmp_path / "experiments" / "default.py").write_text("")
-  monkeypatch.chdir(tmp_path)
-  assert cli._default_config() == pathlib.Path.cwd() / "experiments" / "default.py"
+def test_config_names_resolve_to_the_shipped_experiments_from_any_directory(cli_main, tmp_path):
+  code, out, err = cli_main("config", "default", cwd=tmp_path)
+  assert code == 0, err
+  assert code == 0 and "schedule.name=onecycle" in out.splitlines()
+  code, out, _ = cli_main("config", "ablations/adam", "--config.num_epochs", "3", cwd=tmp_path)
+  assert code == 0 and "optimizer.name=adam" in out.splitlines()
+  assert "num_epochs=3" in out.splitlines()
 
 
-@pytest.mark.parametrize("command", ["run", "bench"])
-def test_run_and_bench_without_config_where_no_default_config_is(cli_main, data, tmp_path,
-                                                                 monkeypatch, command):
-  monkeypatch.setattr(cli, "_REPO", tmp_path / "site-packages")
-  args = ("--data-dir", data, "--workdir", tmp_path / "run") if command == "run" else ()
-  line = assert_user_error(cli_main(command, *args, cwd=tmp_path))
-  assert line == ("dr-jax: error: experiments/default.py not found; run from the dr_jax "
-                  "checkout or pass --config FILE")
-  assert not (tmp_path / "run").exists()
+def test_config_prints_keys_that_round_trip_as_overrides(cli_main, tmp_path):
+  code, out, _ = cli_main("config", "default", cwd=tmp_path)
+  overrides = [f"--config.{line}" for line in out.splitlines()]
+  code2, out2, _ = cli_main("config", "strided", *overrides, cwd=tmp_path)
+  assert code == code2 == 0
+  assert out2 == out  # strided + every printed key = default, value for value.
+
+
+def test_a_config_file_beats_a_shipped_name(cli_main, tmp_path):
+  (tmp_path / "default.py").write_text("from dr_jax.config import get_base_config\n"
+                                    "def get_config():\n  c = get_base_config()\n"
+                                    "  c.num_epochs = 7\n  return c\n")
+  code, out, _ = cli_main("config", "default.py", cwd=tmp_path)
+  assert code == 0 and "num_epochs=7" in out.splitlines()
+
+
+def test_an_unknown_config_name_suggests_the_closest_shipped_one(cli_main, tmp_path):
+  line = assert_user_error(cli_main("train", "--config", "defualt", cwd=tmp_path))
+  assert line == ("dr-jax: error: config file defualt not found; pass a .py file or the name "
+                  "of a shipped config such as default; did you mean default?")
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_help_state_defaults(cli_main, capsys):
+  from dr_jax import __version__
+
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["--version"])
+  assert exit_.value.code == 0 and capsys.readouterr().out == f"dr-jax {__version__}\n"
+  with pytest.raises(SystemExit):
+    cli.main(["train", "--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  assert "(default: runs/<config name>)" in text
+  assert "--config.KEY=VALUE" in text and "(default: None)" not in text
+  with pytest.raises(SystemExit):
+    cli.main(["bench", "--help"])
+  assert "(default: 40)" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.slow
