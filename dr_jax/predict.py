@@ -122,8 +122,11 @@ def read_labels(path: pathlib.Path, role: str) -> pd.Series:
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
   if list(frame.columns) != ["ImageId", "Label"]:
-    raise UserError(f"{path}: header is {','.join(map(str, frame.columns))}; "
-                    "expected ImageId,Label")
+    names = list(map(str, frame.columns))
+    # A test.csv passed by mistake has 784 names: show where it goes wrong, not all of them.
+    header = ",".join(names) if len(names) <= 4 else \
+        f"{','.join(names[:3])},… ({len(names)} columns)"
+    raise UserError(f"{path}: header is {header}; expected the 2 columns ImageId,Label")
   if frame.empty:
     raise UserError(f"{path}: has a header but no rows; expected one ImageId,Label row per "
                     "test image")

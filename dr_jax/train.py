@@ -154,6 +154,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   check(cfg)
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
+  metrics.log(f"loading data from {data_dir}…")
   split = _training_split(cfg, data_dir, pseudo_labels)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   plan = epoch_plan(split.train_idx.shape[1], cfg)
@@ -169,6 +170,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   if distributed.is_primary():
     provenance.write_run_files(workdir, cfg, run.epoch > 0, split.source, split.digest,
                                pseudo_record)
+  metrics.log("compiling the train step…")
   compile_start = time.time()
   program = compile_program(cfg, split, state, mesh, plan)
   metrics.log(f"{parallel.describe(mesh)}; {_plural(cfg.ensemble.size, 'member')}; "

@@ -124,7 +124,8 @@ def workdir_copy(trained, tmp_path) -> pathlib.Path:
 def test_help_lists_every_command(run_cli):
   code, out, err = run_cli("--help")
   assert code == 0, err
-  for command in ("fetch", "train", "predict", "validate", "score", "summary", "run", "bench"):
+  for command in ("fetch", "train", "predict", "validate", "score", "submit", "config", "summary",
+                  "run", "bench", "sweep", "report"):
     assert re.search(rf"^\s+{command}\s", out, re.MULTILINE), out
 
 
@@ -400,6 +401,9 @@ def test_predict_on_corrupt_checkpoint_index(run_cli, workdir_copy, data):
     pytest.param(lambda lines: lines + ["7,3"], ["ImageId 7", "more than once"], id="duplicate"),
     pytest.param(lambda lines: ["Id,Label"] + lines[1:], ["Id,Label", "ImageId,Label"],
                  id="wrong-header"),
+    pytest.param(lambda lines: [",".join(f"pixel{i}" for i in range(784))] + lines[1:],
+                 ["header is pixel0,pixel1,pixel2,… (784 columns); expected the 2 columns "
+                  "ImageId,Label"], id="test-csv-header"),
 ])
 def test_score_rejects_bad_submission(cli_main, predicted, data, tmp_path, edit, fragments):
   bad = tmp_path / "bad.csv"
@@ -767,6 +771,22 @@ def test_train_without_workdir_uses_runs_and_the_config_name(cli_main, trained, 
 
 
 @pytest.mark.slow
+def test_train_says_what_it_does_and_report_follows_the_runs_data(cli_main, data, tmp_path):
+  workdir = tmp_path / "run"
+  code, _, err = cli_main("train", "--config", TINY, "--data-dir", data, "--workdir", workdir,
+                          *QUICK, *NARROW, "--config.num_epochs=1", cwd=tmp_path)
+  assert code == 0, err
+  lines = err.splitlines()
+  loading = lines.index(f"loading data from {data}…")
+  compiling = lines.index("compiling the train step…")
+  assert loading < compiling and "train step compiled in" in lines[compiling + 1]
+  # No --data-dir, and no data/ in the working directory: report reads the run's own data.
+  code, out, err = cli_main("report", workdir, cwd=tmp_path)
+  assert code == 0, err
+  assert out.strip() == str(workdir / "report" / "index.md")
+  assert f"dr-jax: using the data {workdir} was trained on: {data}" in err
+
+
 def test_train_without_workdir_trains_into_runs_and_the_config_name(cli_main, data, tmp_path):
   code, out, err = cli_main("train", "--config", TINY, "--data-dir", data, *QUICK, *NARROW,
                             "--config.num_epochs=1", cwd=tmp_path)

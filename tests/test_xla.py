@@ -2,6 +2,7 @@
 
 import functools
 import pathlib
+import platform
 
 import jax
 import jax.numpy as jnp
@@ -76,3 +77,74 @@ def test_fast_cpu_predict_equals_plain_predict(model_name):
                                    fast_cpu=fast)
     probs[fast] = predictor.probabilities(images, batch_size=20)
   np.testing.assert_allclose(probs[True], probs[False], rtol=1e-5, atol=1e-6)
+
+
+def test_an_option_this_jaxlib_lacks_is_dropped_with_one_line(monkeypatch, capsys):
+  xla.supported.cache_clear()
+  monkeypatch.setattr(xla, "FAST_CPU_OPTIONS", {"xla_cpu_option_from_another_jaxlib": "1"})
+  assert xla.compiler_options(True) is None
+  assert xla.compiler_options(True) is None
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err  # Said once, however many programs compile.
+  assert err.startswith(f"dr-jax: this jaxlib ({jax.__version__}) does not accept the CPU fast "
+                        "path's XLA options (")
+  assert "xla_cpu_option_from_another_jaxlib" in err and err.endswith("XLA's defaults instead\n")
+  # A program compiled with the options left out runs.
+  assert float(jax.jit(jnp.sum).lower(jnp.ones(3)).compile(
+      compiler_options=xla.compiler_options(True))(jnp.ones(3))) == 3.0
+  xla.supported.cache_clear()
+
+
+def test_the_shipped_options_are_accepted_by_this_jaxlib(capsys):
+  xla.supported.cache_clear()
+  assert xla.supported(tuple(xla.FAST_CPU_OPTIONS.items()))
+  assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("setting", ["off", "0", "false", "NO", "none"])
+def test_cache_dir_off(monkeypatch, setting):
+  monkeypatch.setenv(xla.CACHE_ENV, setting)
+  assert xla.cache_dir() is None
+
+
+def test_cache_dir_named_or_in_the_users_cache_per_cpu(monkeypatch, tmp_path):
+  monkeypatch.setenv(xla.CACHE_ENV, str(tmp_path / "mine"))
+  assert xla.cache_dir() == tmp_path / "mine"
+  monkeypatch.delenv(xla.CACHE_ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  path = xla.cache_dir()
+  assert path is not None and path.parent == tmp_path / "xdg" / "dr_jax" / "jax"
+  assert path.name.startswith(platform.machine() + "-")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert xla.cache_dir() == tmp_path / "home" / ".cache" / "dr_jax" / "jax" / path.name
+
+
+@pytest.fixture
+def no_cache_configured():
+  """JAX's cache directory unset for the test (the suite's own is put back after)."""
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_use_compilation_cache_turns_the_cache_on_or_keeps_the_one_set(
+    monkeypatch, tmp_path, no_cache_configured):
+  monkeypatch.setenv(xla.CACHE_ENV, "off")
+  assert xla.use_compilation_cache() is None
+  assert jax.config.jax_compilation_cache_dir is None
+  monkeypatch.setenv(xla.CACHE_ENV, str(tmp_path / "cache"))
+  assert xla.use_compilation_cache() == tmp_path / "cache"
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+  assert (tmp_path / "cache").is_dir()
+  monkeypatch.setenv(xla.CACHE_ENV, str(tmp_path / "other"))
+  assert xla.use_compilation_cache() == tmp_path / "cache"  # Already on: kept.
+
+
+def test_an_unwritable_cache_place_compiles_without_a_cache(monkeypatch, tmp_path,
+                                                            no_cache_configured):
+  (tmp_path / "file").write_text("")
+  monkeypatch.setenv(xla.CACHE_ENV, str(tmp_path / "file" / "cache"))
+  assert xla.use_compilation_cache() is None
+  assert jax.config.jax_compilation_cache_dir is None
