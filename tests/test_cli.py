@@ -32,7 +32,8 @@ NARROW = ("--config.model.kwargs.widths=(8, 16)", "--config.model.kwargs.dense=3
           "--config.train.steps_per_call=3", "--config.train.eval_batch_size=16")
 ACCURACY = re.compile(r"accuracy: (0\.\d{5}|1\.00000)")
 # Lines JAX, absl or TensorStore may log on their own; they are not the CLI's output.
-LOG_NOISE = re.compile(r"^(WARNING|[IWEF]\d{4} )")
+# Lines that may precede the error: absl/XLA logging, and train's note of the step that failed.
+LOG_NOISE = re.compile(r"^(WARNING|[IWEF]\d{4} |loading data from .*…$)")
 SENTINEL = "ImageId,Label\n1,7\n"
 
 
