@@ -8,7 +8,9 @@ import sys
 from typing import Any
 
 import ml_collections
+import numpy as np
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summaries
 
 from dr_jax import distributed
 from dr_jax.config import flatten
@@ -20,6 +22,28 @@ _TAGS = (("train_loss", "loss/train"), ("val_loss", "loss/val"),
          ("train_accuracy", "accuracy/train"), ("val_accuracy", "accuracy/val"),
          ("val_accuracy_ensemble", "accuracy/val_ensemble"), ("lr", "learning_rate"),
          ("epoch_time_s", "perf/epoch_time_s"), ("images_per_s", "perf/images_per_s"))
+# The HPARAMS tab's metrics: the run's own scalar tags, plus the best accuracy written at the end.
+HPARAM_METRICS = ("accuracy/val", "loss/val", "accuracy/train", "hparam/best_val_accuracy")
+EXAMPLES_TAG = "train/augmented_examples"
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+  """(n, h, w, 1) images in [0, 1] → one (rows·(h+1)−1, columns·(w+1)−1) uint8 image, a
+  one-pixel gap between cells; missing cells are blank."""
+  n, h, w = images.shape[:3]
+  rows = -(-n // columns)
+  grid = np.zeros((rows * (h + 1) - 1, columns * (w + 1) - 1), np.uint8)
+  cells = np.clip(np.asarray(images, np.float32)[..., 0], 0, 1) * 255
+  for i in range(n):
+    r, c = divmod(i, columns)
+    grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = np.rint(cells[i])
+  return grid
+
+
+def _hparams(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config's scalar keys (tuples as text), as TensorBoard's HPARAMS tab takes them."""
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+          for k, v in flatten(cfg).items()}
 
 
 def log(message: str) -> None:
@@ -46,7 +70,9 @@ class MetricsWriter:
   its save is trained again), and TensorBoard purges the same steps.
   """
 
-  def __init__(self, workdir: pathlib.Path, cfg: ml_collections.ConfigDict, epoch: int):
+  def __init__(self, workdir: pathlib.Path, cfg: ml_collections.ConfigDict, epoch: int,
+               examples: np.ndarray | None = None):
+    """`examples`: augmented training images in [0, 1], shown once when the run starts."""
     self.active = distributed.is_primary()
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.cfg = cfg
@@ -56,10 +82,23 @@ class MetricsWriter:
       lines = [line for line in self.path.read_text().splitlines()
                if line.strip() and json.loads(line)["epoch"] <= epoch]
       atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+    # flush_secs: what is written reaches the file (and TensorBoard) within seconds, the run's
+    # start too; the suffix keeps a resume in the same second from reusing the start's file name.
     self.tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
-                                     purge_step=epoch + 1)
+                                     purge_step=epoch + 1, flush_secs=2,
+                                     filename_suffix=f".from_epoch_{epoch}")
+    self.epoch = epoch
     if epoch == 0:
+      # Written now, in the scalars' own event file: the HPARAMS tab lists a running run and
+      # links its curves (tensorboardX's add_hparams would make a sub-run, and only at the end).
+      experiment, session_start, _ = hparams_summaries(_hparams(cfg),
+                                                       dict.fromkeys(HPARAM_METRICS, 0.0))
+      self.tensorboard.file_writer.add_summary(experiment)
+      self.tensorboard.file_writer.add_summary(session_start)
       self.tensorboard.add_text("config", "```\n" + cfg.to_json(indent=2) + "\n```", 0)
+      if examples is not None:
+        self.tensorboard.add_image(EXAMPLES_TAG, image_grid(examples), 0, dataformats="HW")
+      self.tensorboard.flush()
 
   def write_epoch(self, record: dict[str, Any]) -> None:
     """Appends one epoch's record (per-member scalars too, for ensembles)."""
@@ -72,15 +111,16 @@ class MetricsWriter:
     for m, acc in enumerate(record.get("val_accuracy_members", [])):
       self.tensorboard.add_scalar(f"members/{m}/val_accuracy", acc, epoch)
       self.tensorboard.add_scalar(f"members/{m}/learning_rate", record["lr_members"][m], epoch)
+    self.epoch = epoch
     self.tensorboard.flush()
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
   def close(self, best_val_accuracy: float) -> None:
-    """Records the run's hyperparameters against its result and closes TensorBoard."""
+    """Records the run's best accuracy (the HPARAMS tab's result) and closes TensorBoard."""
     if not self.active:
       return
-    hparams = {k: v for k, v in flatten(self.cfg).items() if isinstance(v, (int, float, str))}
-    self.tensorboard.add_hparams(hparams, {"hparam/best_val_accuracy": best_val_accuracy},
-                                 name="hparams")
+    self.tensorboard.add_scalar("hparam/best_val_accuracy", best_val_accuracy, self.epoch)
+    *_, session_end = hparams_summaries(_hparams(self.cfg), dict.fromkeys(HPARAM_METRICS, 0.0))
+    self.tensorboard.file_writer.add_summary(session_end)
     self.tensorboard.close()

@@ -28,7 +28,6 @@ FIGSIZES = {"learning_curves": (15.0, 4.0), "confusion_matrix": (7.0, 6.0),
             "worst_errors": (12.0, 9.0), "conv1_filters": (6.0, 6.0), "digit": (3.0, 3.0),
             "feature_maps": (8.0, 8.0)}
 WORST_ERRORS = 24
-TENSORBOARD_ERRORS = 8
 
 
 # Pure computations.
@@ -239,9 +238,8 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
   step = records[-1]["epoch"]
   writer = SummaryWriter(str(workdir / "tensorboard"))
   writer.add_figure("report/confusion_matrix", figures["confusion_matrix"], step, close=False)
-  for rank, i in enumerate(worst[:TENSORBOARD_ERRORS]):
-    writer.add_image(f"report/error_{rank}_true{labels[i]}_pred{probs[i].argmax()}", images[i],
-                     step, dataformats="HWC")
+  # The figure the PNG holds (labels and confidences in its titles), under one stable tag.
+  writer.add_figure("report/worst_errors", figures["worst_errors"], step, close=False)
   writer.close()
 
   test_accuracy = _test_accuracy(workdir, data_dir)

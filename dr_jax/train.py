@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from dr_jax import (build, checkpoint, data, distributed, evaluate, interrupts, metrics, models,
-                    optim, parallel, provenance, steps, xla)
+from dr_jax import (augment, build, checkpoint, data, distributed, evaluate, interrupts, metrics,
+                    models, optim, parallel, provenance, steps, xla)
 from dr_jax.config import check
 from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
@@ -143,6 +143,15 @@ def compile_program(cfg: ml_collections.ConfigDict, split: build.Split, state: s
                  batch_sharded, predictor)
 
 
+def _augmented_examples(cfg: ml_collections.ConfigDict, split: build.Split,
+                        n: int = 32) -> np.ndarray:
+  """The first `n` training images of member 0 as its augmentation draws them, in [0, 1]."""
+  images = jnp.asarray(split.images[split.train_idx[0, :n]], jnp.float32)
+  aug = build.preprocess(cfg, split.shift, split.scale, train=True).augment
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 0x5EE)  # Its own draw: training's is kept.
+  return np.asarray(augment.random_affine(key, images, aug)) / 255.0
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                        data_dir: pathlib.Path,
                        pseudo_labels: PseudoLabels | None = None) -> dict[str, Any]:
@@ -179,7 +188,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
               f"{models.count_params(state.params) // cfg.ensemble.size:,} parameters per member; "
               f"train step compiled in {time.time() - compile_start:.1f}s")
 
-  writer = metrics.MetricsWriter(workdir, cfg, run.epoch)
+  writer = metrics.MetricsWriter(workdir, cfg, run.epoch,
+                                 _augmented_examples(cfg, split) if run.epoch == 0 else None)
   run_start, first_epoch, stopped_early = time.time(), run.epoch, False
   # Ctrl-C stops at the next safe point: after a jitted call, or after the epoch's saves.
   with interrupts.StopRequest() as stop, ckpts:

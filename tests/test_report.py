@@ -125,10 +125,17 @@ def test_index_names_the_best_epoch_not_the_last(tmp_path, data_dir, monkeypatch
   assert test == f"{hand:.4f}"
 
 
-def test_tensorboard_gets_the_confusion_matrix(reported):
+def test_tensorboard_gets_the_confusion_matrix_and_worst_errors_under_stable_tags(reported):
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
   workdir, _ = reported
-  events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").glob("events.*"))
-  assert b"report/confusion_matrix" in events
+  # report writes its own event file beside training's, in the same run directory.
+  events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"images": 0}).Reload()
+  assert {"report/confusion_matrix", "report/worst_errors"} <= set(events.Tags()["images"])
+  (image,) = events.Images("report/worst_errors")
+  size = report.FIGSIZES["worst_errors"]
+  assert (image.width, image.height) == (size[0] * report.DPI, size[1] * report.DPI)
+  assert not [tag for tag in events.Tags()["images"] if tag.startswith("report/error_")]
 
 
 def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_dir):
