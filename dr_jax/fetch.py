@@ -5,7 +5,6 @@ import gzip
 import hashlib
 import io
 import itertools
-import json
 import os
 import pathlib
 import pickle
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from dr_jax import competition
+from dr_jax.competition import COMPETITION
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_lines
 
@@ -27,7 +28,6 @@ except ImportError:  # numpy 1.x has no numpy._core
   from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]  # Same module.
 
 SOURCES = ("auto", "kaggle", "embedded")
-COMPETITION = "digit-recognizer"
 KAGGLE_FILES = ("sample_submission.csv", "test.csv", "train.csv")
 ANSWERS_FILE = "test_answers.csv"
 N_TRAIN = 42_000
@@ -191,50 +191,9 @@ def _embedded(data_dir: pathlib.Path, cache_dir: pathlib.Path) -> tuple[pathlib.
   return build_kaggle_files(images, labels, data_dir, N_TRAIN, N_TEST, SPLIT_SEED)
 
 
-def _kaggle_json_paths() -> list[pathlib.Path]:
-  """Return the kaggle.json locations the Kaggle client reads."""
-  paths = [pathlib.Path.home() / ".kaggle" / "kaggle.json"]
-  if config_dir := os.environ.get("KAGGLE_CONFIG_DIR"):
-    paths.insert(0, pathlib.Path(config_dir) / "kaggle.json")
-  return paths
-
-
-def _has_kaggle_credentials() -> bool:
-  """Return whether env vars or a kaggle.json give Kaggle credentials."""
-  if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-    return True
-  return any(p.is_file() for p in _kaggle_json_paths())
-
-
-def _redact(text: str) -> str:
-  """Replace any known Kaggle key in text, so error messages never leak it."""
-  keys = [os.environ.get("KAGGLE_KEY", "")]
-  for path in _kaggle_json_paths():
-    try:
-      keys.append(str(json.loads(path.read_text()).get("key", "")))
-    except (OSError, ValueError, AttributeError):
-      continue  # An unreadable file holds no key we could leak.
-  for key in filter(None, keys):
-    text = text.replace(key, "***")
-  return text
-
-
-def _kaggle_api() -> Any:
-  """Return an authenticated KaggleApi; tests replace this with a fake."""
-  try:
-    # Importing kaggle authenticates as a side effect, so its errors reach _kaggle's handler too.
-    from kaggle.api.kaggle_api_extended import KaggleApi  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise UserError("the kaggle package is not installed: run "
-                    "`pip install 'dr-jax[kaggle]'`") from None
-  api = KaggleApi()
-  api.authenticate()
-  return api
-
-
 def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
   """Download the competition zip from Kaggle and move its CSVs into data_dir."""
-  if not _has_kaggle_credentials():
+  if not competition.has_credentials():
     raise UserError(
         "no Kaggle credentials: put kaggle.json in ~/.kaggle/ (or set KAGGLE_USERNAME and"
         " KAGGLE_KEY), or run `dr-jax fetch --source embedded`"
@@ -244,7 +203,7 @@ def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
   with tempfile.TemporaryDirectory(dir=data_dir, prefix=".kaggle-") as tmp:
     print(f"fetch: downloading {COMPETITION} from Kaggle", file=sys.stderr)
     try:
-      _kaggle_api().competition_download_files(COMPETITION, path=tmp, quiet=True)
+      competition.kaggle_api().competition_download_files(COMPETITION, path=tmp, quiet=True)
       with zipfile.ZipFile(pathlib.Path(tmp) / f"{COMPETITION}.zip") as zf:
         missing = sorted(set(KAGGLE_FILES) - set(zf.namelist()))
         if missing:
@@ -256,7 +215,7 @@ def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
     # Broad because kaggle raises OSError, requests.HTTPError or its own ApiException depending
     # on version.
     except Exception as e:  # pylint: disable=broad-except
-      detail = _redact(" ".join(str(e).split()) or type(e).__name__)
+      detail = competition.redact(" ".join(str(e).split()) or type(e).__name__)
       raise UserError(
           f"could not reach Kaggle ({detail}): check the network and that you accepted the rules at"
           f" https://www.kaggle.com/c/{COMPETITION}/rules, or use `dr-jax fetch --source embedded`"
@@ -282,6 +241,6 @@ def fetch(data_dir: pathlib.Path, source: str = "auto",
     have, lack = (train, test) if train.exists() else (test, train)
     raise UserError(f"{have} exists but {lack} is missing: add {lack.name} from Kaggle or "
                     f"remove {have}, then rerun")
-  if source == "kaggle" or (source == "auto" and _has_kaggle_credentials()):
+  if source == "kaggle" or (source == "auto" and competition.has_credentials()):
     return FetchResult(data_dir, "kaggle", _kaggle(data_dir))
   return FetchResult(data_dir, "embedded", _embedded(data_dir, cache_dir or default_cache_dir()))

