@@ -67,8 +67,8 @@ def _load_grid(path: pathlib.Path) -> list[tuple[str, ml_collections.ConfigDict]
 
 def load_variants(path: pathlib.Path) -> list[tuple[str, ml_collections.ConfigDict]]:
   """A config file's (name, config) rows: one per get_grid() variant, else its get_config()."""
-  path = pathlib.Path(path)
-  if path.is_file() and _defines_grid(path):
+  path = config.find_config(path)  # A shipped name ("ablations/grid_schedules") works too.
+  if _defines_grid(path):
     return [(f"{path.stem}/{name}", cfg) for name, cfg in _load_grid(path)]
   return [(path.stem, config.load_config(path))]
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dr_jax import cli, sweep, train
+from dr_jax import cli, config, sweep, train
 from dr_jax.errors import UserError
 
 TINY = '''
@@ -200,3 +200,12 @@ def test_cli_sweep_needs_seeds_and_takes_overrides(capsys):
   assert "--seeds" in capsys.readouterr().err
   assert cli.main(["sweep", "missing.py", "--seeds", "1", "--config.num_epochs=1"]) == 2
   assert "missing.py not found" in capsys.readouterr().err
+
+
+def test_shipped_configs_and_grids_are_taken_by_name(tmp_path):
+  runs = sweep.plan(["ablations/grid_schedules", "strided"], 1, tmp_path / "w")
+  names = [run.name for run in runs]
+  grid = sweep.load_variants(config.experiments_dir() / "ablations" / "grid_schedules.py")
+  assert names == [name for name, _ in grid] + ["strided"]
+  assert names[0].startswith("grid_schedules/") and len(names) > 2
+  assert config.flatten(runs[-1].cfg) == config.flatten(config.load_config("strided"))
