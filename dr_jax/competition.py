@@ -11,6 +11,9 @@ from typing import Any
 from dr_jax.errors import UserError
 
 COMPETITION = "digit-recognizer"
+# What kaggle returns, not raises, when the upload failed: a bare str in 1.6 and 1.7, the
+# response's message (KaggleApi.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE) in newer releases.
+UPLOAD_FAILED = "Could not submit to competition"
 NO_CREDENTIALS = ("no Kaggle credentials: put kaggle.json in ~/.kaggle/ (or set KAGGLE_USERNAME "
                   "and KAGGLE_KEY)")
 
@@ -96,8 +99,9 @@ def submit(target: pathlib.Path, message: str, competition: str = COMPETITION) -
     raise UserError(f"Kaggle refused {path} for {competition} ({detail}): check the network and "
                     f"that you accepted the rules at https://www.kaggle.com/c/{competition}/rules"
                     ) from None
-  said = " ".join(str(getattr(response, "message", "") or "").split())
-  if said and said == getattr(api, "COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE", None):
+  said = response if isinstance(response, str) else getattr(response, "message", "")
+  said = " ".join(str(said or "").split())
+  if said == UPLOAD_FAILED:
     raise UserError(f"Kaggle did not take the upload of {path} for {competition} ({said}); "
                     "try again")
   return f"submitted {path} to {competition}" + (f": {redact(said)}" if said else "")

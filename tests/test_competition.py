@@ -17,14 +17,14 @@ GOOD = "ImageId,Label\n1,7\n2,2\n"
 
 
 class _Response:
+  """Stands in for kaggle's submit response (ApiCreateSubmissionResponse in 2.x)."""
+
   def __init__(self, message: str) -> None:
     self.message = message
 
 
 class _FakeKaggleApi:
   """Records competition_submit calls; answers with `message` or raises `error`."""
-
-  COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE = "Could not submit to competition"
 
   def __init__(self, message: str = "Successfully submitted to Digit Recognizer",
                error: Exception | None = None) -> None:
@@ -131,10 +131,17 @@ def test_an_api_error_is_one_line_naming_the_file_and_hiding_the_key(api, run_di
   assert _KEY not in message and "\n" not in message
 
 
-def test_a_failed_upload_is_an_error(api, run_dir):
-  api.message = api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE
-  with pytest.raises(UserError, match="did not take the upload"):
+@pytest.mark.parametrize("bare", [False, True])
+def test_a_failed_upload_is_an_error(api, run_dir, monkeypatch, bare):
+  """kaggle reports a failed upload by returning it: a bare str in 1.6 and 1.7, an object since."""
+  api.message = competition.UPLOAD_FAILED
+  if bare:
+    monkeypatch.setattr(api, "competition_submit",
+                        lambda *args, **kwargs: competition.UPLOAD_FAILED)
+  with pytest.raises(UserError) as e:
     competition.submit(run_dir, "m")
+  assert str(e.value) == (f"Kaggle did not take the upload of {run_dir / 'submission.csv'} for "
+                          "digit-recognizer (Could not submit to competition); try again")
 
 
 def test_a_run_without_a_submission_says_how_to_make_one(api, tmp_path):
