@@ -1,5 +1,6 @@
 """Tests of dr_jax.run_state: the typed run record, its JSON form and the best/stop rules."""
 
+import json
 import math
 
 import numpy as np
@@ -29,6 +30,8 @@ def test_is_better(acc, loss, best_acc, best_loss, expected):
     (9, [2, 8], 3, False),  # One member still improving keeps every member training.
     (11, [2, 8], 3, True),
     (50, [1], 0, False),    # 0 = never.
+    (5, [4], 1, True),      # Patience 1: the first epoch without improvement stops.
+    (4, [4], 1, False),
 ])
 def test_stops_early(epoch, best, patience, expected):
   assert run_state.stops_early(epoch, best, patience) is expected
@@ -40,6 +43,7 @@ def test_fresh_state_has_no_best_and_the_configured_rate():
   assert run.plateau == (optim.PlateauState(1e-3),) * 2
   assert run.member_best_val_accuracy == (-1.0, -1.0)
   assert run.member_best_val_loss == (math.inf, math.inf)
+  assert run.norm == (0.0, 255.0)
 
 
 def test_after_epoch_moves_only_the_members_that_improved():
@@ -55,6 +59,14 @@ def test_after_epoch_moves_only_the_members_that_improved():
   assert new.member_best_val_loss == (0.2, 0.39, 0.5)
   assert new.best_epoch == 4 and new.best_val_accuracy == pytest.approx((0.95 + 0.8 + 0.7) / 3)
   assert run.epoch == 3  # Frozen: the old record is unchanged.
+
+
+def test_after_epoch_records_plain_floats_whatever_the_input_dtype():
+  # The typed record (and its JSON) holds floats even when a caller passes integer arrays.
+  run = RunState.fresh(2, 1e-3, (0.0, 255.0))
+  new, _ = run.after_epoch(1, np.array([1, 0]), np.array([2, 3]), run.plateau)
+  assert [type(v) for v in new.member_best_val_accuracy + new.member_best_val_loss] == [float] * 4
+  assert json.dumps(new.to_json()["member_best_val_loss"]) == "[2.0, 3.0]"
 
 
 def test_with_best_of_takes_the_other_records_best_and_keeps_the_rest():
