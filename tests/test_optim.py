@@ -289,3 +289,49 @@ def test_onecycle_warms_up_to_lr_then_decays():
   assert values.max() == pytest.approx(1e-3, rel=1e-5)
   assert abs(int(values.argmax()) - 50) <= 1
   assert values[0] < 0.1 * 1e-3 and values[-1] < 0.01 * 1e-3
+
+
+def test_plateau_defaults_are_keras_min_delta_1e4_and_no_cooldown():
+  # Called without min_delta and cooldown: Keras' defaults (1e-4, 0).
+  state = optim.PlateauState(lr=1.0, best=0.5)
+  assert optim.plateau_update(state, 0.50005, factor=0.5, patience=3,
+                              min_lr=0.0) == optim.PlateauState(1.0, 0.5, 1, 0)
+  assert optim.plateau_update(state, 0.5002, factor=0.5, patience=3,
+                              min_lr=0.0) == optim.PlateauState(1.0, 0.5002, 0, 0)
+  # A cut starts no cooldown: the very next flat epoch counts towards the next cut.
+  cut = optim.plateau_update(optim.PlateauState(1.0, 0.5, 2, 0), 0.5, factor=0.5, patience=3,
+                             min_lr=0.0)
+  assert cut == optim.PlateauState(0.5, 0.5, 0, 0)
+  assert optim.plateau_update(cut, 0.5, factor=0.5, patience=3,
+                              min_lr=0.0) == optim.PlateauState(0.5, 0.5, 1, 0)
+
+
+def test_plateau_cooldown_states_epoch_by_epoch():
+  params = dict(factor=0.5, patience=1, min_lr=0.0, min_delta=0.0, cooldown=3)
+  state = optim.PlateauState(lr=1.0, best=0.9)
+  expected = [optim.PlateauState(0.5, 0.9, 0, 3),    # flat: cut, cooldown 3 starts
+              optim.PlateauState(0.5, 0.9, 0, 2),    # flat, in cooldown
+              optim.PlateauState(0.5, 0.9, 0, 1),
+              # Keras: the cooldown ends at this epoch's start, so this flat epoch counts and
+              # (patience 1) cuts again.
+              optim.PlateauState(0.25, 0.9, 0, 3),
+              optim.PlateauState(0.25, 0.9, 0, 2)]
+  for want in expected:
+    state = optim.plateau_update(state, 0.9, **params)
+    assert state == want
+
+
+def test_plateau_at_min_lr_keeps_counting_and_never_cuts():
+  # Keras: `if old_lr > min_lr`: at the floor nothing is cut and the wait is not reset.
+  state = optim.PlateauState(lr=0.01, best=0.9)
+  for wait in range(1, 5):
+    state = optim.plateau_update(state, 0.8, factor=0.5, patience=2, min_lr=0.01,
+                                 min_delta=0.0, cooldown=2)
+    assert state == optim.PlateauState(0.01, 0.9, wait, 0)
+
+
+def test_epoch_lr_of_a_per_step_schedule_names_it():
+  cfg = get_base_config()
+  cfg.schedule.name = "onecycle"
+  with pytest.raises(ValueError, match="^onecycle is a per-step schedule$"):
+    optim.epoch_lr(cfg, 0, optim.PlateauState(lr=1.0))
