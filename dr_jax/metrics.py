@@ -52,12 +52,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _records(path: pathlib.Path) -> list[dict[str, Any]]:
+  """metrics.jsonl's records; a torn last line (a crash or a full disk mid-append) is dropped:
+  its epoch is trained again on resume, as an epoch killed before its checkpoint is."""
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise UserError(f"{path}: line {i + 1} is not JSON ({line[:40]!r}); only the last "
+                        "line can be torn by a crash — restore the file or train into a new "
+                        "--workdir") from None
+  return records
+
+
 def read_metrics(workdir: pathlib.Path) -> list[dict[str, Any]]:
   """The per-epoch records of `workdir/metrics.jsonl`, oldest first."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.is_file():
     raise UserError(f"{path} not found; train first with `dr-jax train --workdir {workdir}`")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = _records(path)
   if not records:
     raise UserError(f"{path} is empty; train at least one epoch first")
   return records
@@ -79,9 +95,8 @@ class MetricsWriter:
     if not self.active:
       return
     if self.path.exists():
-      lines = [line for line in self.path.read_text().splitlines()
-               if line.strip() and json.loads(line)["epoch"] <= epoch]
-      atomic_write_text(self.path, "".join(line + "\n" for line in lines))
+      kept = [r for r in _records(self.path) if r["epoch"] <= epoch]
+      atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     # flush_secs: what is written reaches the file (and TensorBoard) within seconds, the run's
     # start too; the suffix keeps a resume in the same second from reusing the start's file name.
     self.tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),

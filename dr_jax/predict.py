@@ -33,6 +33,23 @@ def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | N
   return out, predictor
 
 
+def _check_out(out: pathlib.Path, workdirs: Sequence[pathlib.Path],
+               data_dir: pathlib.Path) -> None:
+  """Refuses a submission path that is one of the command's inputs (before any work)."""
+  inputs = [pathlib.Path(data_dir) / name for name in
+            ("train.csv", "test.csv", "train.csv.gz", "test.csv.gz", "sample_submission.csv")]
+  target = out.resolve()
+  if any(target == p.resolve() for p in inputs if p.exists()):
+    raise UserError(f"--out {out} is one of the input files; write the submission elsewhere "
+                    "(default: WORKDIR/submission.csv)")
+  for workdir in workdirs:
+    for kept in ("checkpoints", "config.json", "provenance.json", "metrics.jsonl"):
+      place = (pathlib.Path(workdir) / kept).resolve()
+      if target == place or place in target.parents:
+        raise UserError(f"--out {out} is inside {workdir}'s {kept}, which predict reads; write "
+                        "the submission elsewhere (default: WORKDIR/submission.csv)")
+
+
 def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib.Path,
           tta: int | None = None, vote: bool = False) -> tuple[pathlib.Path, list[Predictor]]:
   """Predicts test.csv with several runs' best checkpoints, each member weighted alike.
@@ -40,6 +57,7 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
   Runs of different architectures or configs blend too, which one vmapped program cannot
   hold. `tta=None` uses each run's predict.tta.
   """
+  _check_out(pathlib.Path(out), workdirs, data_dir)
   total, predictors = None, []
   for workdir in workdirs:
     predictor = evaluate.load_predictor(workdir)

@@ -918,3 +918,18 @@ def test_variant_trains_and_predicts(cli_main, data, tmp_path, config_file, opti
   predictor = evaluate.load_predictor(workdir)
   has_batch_stats = saved.model.name == "strided" or saved.model.kwargs.get("batch_norm", False)
   assert ("batch_stats" in predictor.variables) == has_batch_stats
+
+
+@pytest.mark.parametrize("target", ["test.csv", "train.csv", "checkpoints", "config.json"])
+def test_predict_never_writes_over_its_inputs(cli_main, data, guarded, tmp_path, target):
+  out = data / target if target.endswith(".csv") else guarded / target
+  if target == "checkpoints":
+    out = out / "best" / "submission.csv"
+  before = {p: p.read_bytes() for p in [data / "test.csv", data / "train.csv"]
+            + sorted(q for q in guarded.rglob("*") if q.is_file())}
+  line = assert_user_error(cli_main("predict", "--workdir", guarded, "--data-dir", data,
+                                    "--out", out))
+  assert line.startswith(f"dr-jax: error: --out {out} is ")
+  assert "write the submission elsewhere" in line
+  assert {p: p.read_bytes() for p in before} == before and not (
+      target == "checkpoints" and out.exists())

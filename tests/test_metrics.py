@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import tiny_config
 from dr_jax import metrics
+from dr_jax.errors import UserError
 
 
 def _values(workdir: pathlib.Path) -> list[tuple[int, event_pb2.Summary.Value]]:
@@ -122,3 +123,23 @@ def test_image_grid_holds_every_pixel_clipped_to_0_255(n, columns, offset):
   cells = [grid[r * 5: r * 5 + 4, c * 6: c * 6 + 5] for r in range(rows) for c in range(columns)]
   expected = np.rint(np.clip(images[..., 0], 0, 1) * 255).astype(np.uint8)
   np.testing.assert_array_equal(np.stack(cells[:n]), expected)
+
+
+def test_a_torn_last_line_is_dropped_on_resume_and_read(tmp_path):
+  cfg = tiny_config()
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(_record(1, 0.5)) + "\n" +
+                                          json.dumps(_record(2, 0.6))[:25])
+  assert [r["epoch"] for r in metrics.read_metrics(tmp_path)] == [1]
+  writer = metrics.MetricsWriter(tmp_path, cfg, 1)  # Resuming after epoch 1's checkpoint.
+  writer.write_epoch(_record(2, 0.7))
+  writer.close(0.7)
+  assert [(r["epoch"], r["val_accuracy"]) for r in metrics.read_metrics(tmp_path)] == [
+      (1, 0.5), (2, 0.7)]
+
+
+def test_a_damaged_line_before_the_last_is_a_one_line_error(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text("{not json\n" + json.dumps(_record(2, 0.6)) + "\n")
+  with pytest.raises(UserError, match=f"^{path}: line 1 is not JSON"):
+    metrics.read_metrics(tmp_path)
+  assert path.read_text().startswith("{not json")
