@@ -23,7 +23,7 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_PIXELS = 28 * 28
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
 # Bump when the parsed layout changes so stale caches are never read.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +184,11 @@ def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
       if len(frame) == 0:
         raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
     else:
+      if "label" in frame.columns and frame["label"].isna().any():
+        row = frame.index[frame["label"].isna().to_numpy()][0]
+        raise UserError(f"{_where(path, row)}: the label is empty; data.nan_policy=fill fills "
+                        "pixels only (a filled label would be a wrong answer): fix the row or use "
+                        "--config.data.nan_policy=drop")
       frame = frame.fillna(fill_value)
   values = frame.to_numpy(dtype=np.float64)
   fractional = np.flatnonzero((values != np.round(values)).any(axis=1))

@@ -277,12 +277,24 @@ def test_nan_policy_drop_with_every_row_empty(tmp_path):
 
 def test_nan_policy_fill_uses_fill_value(tmp_path):
   rows = make_rows(4)
-  rows[1][3] = rows[2][0] = ""
+  rows[1][3] = rows[2][5] = ""
   digits = data.parse_csv(write_csv(tmp_path / "train.csv", rows), True, nan_policy="fill",
                           fill_value=7)
   expected = as_array([[7 if cell == "" else cell for cell in row] for row in rows])
   np.testing.assert_array_equal(digits.labels, expected[:, 0])
   np.testing.assert_array_equal(digits.images.reshape(4, -1), expected[:, 1:])
+
+
+def test_nan_policy_fill_never_fills_a_label(tmp_path):
+  rows = make_rows(4)
+  rows[2][0] = ""
+  path = write_csv(tmp_path / "train.csv", rows)
+  with pytest.raises(UserError) as e:
+    data.parse_csv(path, True, nan_policy="fill", fill_value=7)
+  assert str(e.value) == (f"{path}: line 4 (data row 3): the label is empty; data.nan_policy=fill "
+                          "fills pixels only (a filled label would be a wrong answer): fix the "
+                          "row or use --config.data.nan_policy=drop")
+  assert len(data.parse_csv(path, True, nan_policy="drop").labels) == 3
 
 
 def cache_files(path):
