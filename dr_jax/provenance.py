@@ -87,6 +87,34 @@ def train_data_dir(workdir: pathlib.Path) -> pathlib.Path | None:
   return pathlib.Path(recorded["path"]).parent if recorded else None
 
 
+# Keys a resume may change: how the run is computed or used, not what it is. num_epochs too, for
+# schedules set per epoch (a per-step schedule's shape depends on the total step count).
+RESUMABLE_KEYS = ("predict.tta", "train.eval_batch_size", "train.early_stop", "train.fast_cpu",
+                  "train.steps_per_call", "ensemble.vectorize")
+PER_EPOCH_SCHEDULES = ("plateau", "constant", "exponential")
+
+
+def check_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
+  """Refuses to resume `workdir` under a config that changes what the run is (its split, model,
+  optimizer, data, seed or members), naming each key that differs."""
+  from dr_jax.config import flatten  # Here: provenance is read by commands that need no config.
+
+  if not (pathlib.Path(workdir) / "config.json").exists():
+    return
+  before, now = flatten(read_config(workdir)), flatten(cfg)
+  allowed = set(RESUMABLE_KEYS)
+  if now.get("schedule.name") in PER_EPOCH_SCHEDULES:
+    allowed.add("num_epochs")
+  changed = [k for k in sorted(before.keys() | now.keys())
+             if k not in allowed and before.get(k) != now.get(k)]
+  if changed:
+    diffs = ", ".join(f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed[:6])
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    raise UserError(f"{workdir} was trained with another config ({diffs}{more}); resuming would "
+                    "mix two runs: resume with the config in "
+                    f"{pathlib.Path(workdir) / 'config.json'}, or train into a new --workdir")
+
+
 def _pseudo_text(record: dict | None) -> str:
   """A pseudo-labels record as words for an error message."""
   return "no pseudo-labels" if record is None else \

@@ -234,7 +234,9 @@ def _resume_or_start(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   if ckpts.latest_epoch("latest") is None:
     return state, best, RunState.fresh(cfg.ensemble.size, cfg.optimizer.lr,
                                        (split.shift, split.scale))
-  # Other data would rebuild other splits: validation images the run already trained on.
+  # Another config or other data would rebuild other splits: validation images the run already
+  # trained on.
+  provenance.check_config(workdir, cfg)
   provenance.check_train_data(workdir, split.source, split.digest)
   provenance.check_pseudo_labels(workdir, pseudo_record)
   resumed = ckpts.resume(_ckpt_tree(state), best)

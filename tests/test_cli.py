@@ -933,3 +933,18 @@ def test_predict_never_writes_over_its_inputs(cli_main, data, guarded, tmp_path,
   assert "write the submission elsewhere" in line
   assert {p: p.read_bytes() for p in before} == before and not (
       target == "checkpoints" and out.exists())
+
+
+@pytest.mark.parametrize("change, named", [
+    (("--config.seed=5",), "seed 0 → 5"),
+    (("--config.data.val_fraction=0.2",), "data.val_fraction 0.1 → 0.2"),
+    (("--config.model.kwargs.dense=64",), "model.kwargs.dense 32 → 64"),
+])
+def test_resume_refuses_a_config_that_changes_the_run(cli_main, data, guarded, change, named):
+  before = snapshot(guarded)
+  line = assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded,
+                                    "--data-dir", data, *QUICK, *NARROW, *change))
+  assert line.startswith(f"dr-jax: error: {guarded} was trained with another config (")
+  assert named in line and line.endswith(
+      f"resume with the config in {guarded / 'config.json'}, or train into a new --workdir")
+  assert snapshot(guarded) == before

@@ -65,3 +65,40 @@ def test_check_pseudo_labels_refuses_other_rows_than_the_run_started_with(tmp_pa
                              "a" * 64)
   with pytest.raises(UserError, match="trained with no pseudo-labels, this config gives 27,397"):
     provenance.check_pseudo_labels(tmp_path, record)
+
+
+def _trained_with(tmp_path, **overrides):
+  tmp_path.mkdir(exist_ok=True)
+  cfg = tiny_config(**overrides)
+  (tmp_path / "config.json").write_text(cfg.to_json())
+  return tmp_path
+
+
+@pytest.mark.parametrize("key, value", [
+    ("predict.tta", 5), ("train.eval_batch_size", 64), ("train.early_stop", 3),
+    ("train.fast_cpu", False), ("train.steps_per_call", 1), ("ensemble.vectorize", "loop"),
+    ("num_epochs", 9)])
+def test_resume_may_change_how_the_run_is_computed_or_used(tmp_path, key, value):
+  provenance.check_config(_trained_with(tmp_path), tiny_config(**{key: value}))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("seed", 3), ("data.val_fraction", 0.2), ("optimizer.lr", 0.5), ("model.name", "strided"),
+    ("ensemble.size", 2), ("augment.rotation", 0.0), ("data.subset", 100),
+    ("schedule.patience", 9)])
+def test_resume_refuses_what_changes_the_run(tmp_path, key, value):
+  workdir = _trained_with(tmp_path)
+  with pytest.raises(UserError, match=f"was trained with another config \\({key} "):
+    provenance.check_config(workdir, tiny_config(**{key: value}))
+
+
+def test_more_epochs_of_a_per_step_schedule_is_another_run(tmp_path):
+  workdir = _trained_with(tmp_path, **{"schedule.name": "onecycle"})
+  with pytest.raises(UserError, match=r"num_epochs 2 → 3"):
+    provenance.check_config(workdir, tiny_config(**{"schedule.name": "onecycle",
+                                                    "num_epochs": 3}))
+  provenance.check_config(_trained_with(tmp_path / "p"), tiny_config(num_epochs=3))
+
+
+def test_a_run_without_config_json_is_not_checked(tmp_path):
+  provenance.check_config(tmp_path, tiny_config(seed=7))
