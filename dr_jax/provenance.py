@@ -105,8 +105,9 @@ def check_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
   allowed = set(RESUMABLE_KEYS)
   if now.get("schedule.name") in PER_EPOCH_SCHEDULES:
     allowed.add("num_epochs")
-  changed = [k for k in sorted(before.keys() | now.keys())
-             if k not in allowed and before.get(k) != now.get(k)]
+  # pseudo.* is judged by the rows it yields (check_pseudo_labels), not by the keys.
+  changed = [k for k in sorted(before.keys() | now.keys()) if k not in allowed
+             and not k.startswith("pseudo.") and before.get(k) != now.get(k)]
   if changed:
     diffs = ", ".join(f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed[:6])
     more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
