@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import io
+import os
 import pathlib
+import sys
 import zipfile
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,7 +26,10 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_PIXELS = 28 * 28
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
 # Bump when the parsed layout changes so stale caches are never read.
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
+CHUNK_ROWS = 512  # Rows parsed at a time (see parse_csv).
+# Peak memory of parse_csv per byte of CSV text, with margin (docs/performance.md#parsing-memory).
+PEAK_PER_TEXT_BYTE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +52,8 @@ def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
   return f"line{'s' if len(rows) > 1 else ''} {lines}{more}"
 
 
-def _read_frame(path: pathlib.Path) -> pd.DataFrame:
-  """Reads a CSV (plain or .gz, BOM and CRLF tolerated) into a DataFrame, no interpretation."""
+def _check_file(path: pathlib.Path) -> None:
+  """The errors a path can have before any of it is read."""
   if not path.exists():
     raise UserError(f"{path}: file not found; run `dr-jax fetch --data-dir {path.parent}` "
                     "or pass --data-dir with Kaggle's train.csv/test.csv")
@@ -55,11 +61,50 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
     raise UserError(f"{path}: is a directory, expected a CSV file")
   if path.stat().st_size == 0:
     raise UserError(f"{path}: file is empty; expected a header and one row per image")
+
+
+def text_size(path: pathlib.Path) -> int:
+  """Bytes of CSV text: the file's size, or the size gzip records for a .gz (modulo 4 GiB)."""
+  if path.suffix != ".gz":
+    return path.stat().st_size
+  with open(path, "rb") as f:
+    f.seek(-4, os.SEEK_END)
+    return int.from_bytes(f.read(4), "little")
+
+
+def memory_available() -> int | None:
+  """Bytes the OS can hand out without swapping (Linux's MemAvailable), or None where unknown."""
   try:
-    # utf-8-sig strips a BOM that Excel and Windows editors add. Blank lines are kept (then
-    # dropped by the caller) so row numbers stay file line numbers.
-    frame = pd.read_csv(path, encoding="utf-8-sig", compression="infer", low_memory=False,
-                        skip_blank_lines=False)
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _check_memory(path: pathlib.Path) -> None:
+  """Refuses, before parsing, a file whose parse would not fit in the memory now available."""
+  try:
+    need = PEAK_PER_TEXT_BYTE * text_size(path)
+  except OSError:
+    return  # A damaged .gz: reading it gives the real error.
+  available = memory_available()
+  if available is not None and need > available:
+    raise UserError(f"{path}: parsing it needs about {need / 2**30:.1f} GiB of memory and "
+                    f"{available / 2**30:.1f} GiB is available; free memory, or use a machine "
+                    "with more")
+
+
+@contextlib.contextmanager
+def _pandas_errors(path: pathlib.Path) -> Iterator[None]:
+  """Turns pandas' reading errors into one-line `UserError`s naming the file."""
+  try:
+    yield
   except pd.errors.ParserError as e:
     raise UserError(f"{path}: {_parser_message(str(e))}; every row needs the same columns "
                     "as the header") from None
@@ -70,12 +115,14 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
     reason = str(e).splitlines()[0] if str(e) else ""
     raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: {reason}); is it a "
                     "CSV or .csv.gz?") from None
-  # pandas silently turns the first column into an index when the first data row has one
-  # field more than the header; checking that one line is cheap.
-  first = _field_counts(path, len(frame.columns), np.array([0])) if len(frame) else []
-  if first:
-    raise _fields_error(path, *first[0], len(frame.columns))
-  return frame
+
+
+def _read_csv(path: pathlib.Path, **kwargs: Any) -> Any:
+  """pandas' reader with what every read here shares: plain or .gz, BOM and CRLF tolerated."""
+  # utf-8-sig strips a BOM that Excel and Windows editors add. Blank lines are kept (then
+  # dropped by the caller) so row numbers stay file line numbers.
+  return pd.read_csv(path, encoding="utf-8-sig", compression="infer", skip_blank_lines=False,
+                     low_memory=False, **kwargs)
 
 
 def _parser_message(message: str) -> str:
@@ -86,16 +133,15 @@ def _parser_message(message: str) -> str:
   return message.rstrip(".").replace("Expected", "expected")
 
 
-def _check_columns(frame: pd.DataFrame, path: pathlib.Path, with_labels: bool) -> pd.DataFrame:
-  """Checks the header and returns the frame with columns in Kaggle's order."""
-  columns = [str(c).strip() for c in frame.columns]
+def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool) -> list[str]:
+  """Checks the header; returns the columns in Kaggle's order (the order to read them in)."""
+  columns = [str(c).strip() for c in columns]
   # pandas renames a repeated header `pixel5` to `pixel5.1`; report the original name.
   repeated = sorted({c.rsplit(".", 1)[0] for c in columns
                      if "." in c and c.rsplit(".", 1)[0] in columns})
   if repeated:
     raise UserError(f"{path}: duplicate column(s) {', '.join(repeated[:5])} in the header; "
                     "each column name must appear once")
-  frame.columns = columns
   has_label = "label" in columns
   if with_labels and not has_label:
     raise UserError(f"{path}: no `label` column; a training file needs `label,pixel0,...,pixel783` "
@@ -116,32 +162,43 @@ def _check_columns(frame: pd.DataFrame, path: pathlib.Path, with_labels: bool) -
                    + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
     raise UserError(f"{path}: {'; '.join(parts)}; expected the header "
                     f"`{'label,' if with_labels else ''}pixel0,...,pixel783`")
-  # Shuffled columns are accepted: reorder to Kaggle's layout by name.
-  return frame[expected]
+  return expected
 
 
-def _field_counts(path: pathlib.Path, n_columns: int, rows: np.ndarray) -> list[tuple[int, int]]:
-  """(data_row, field_count) of lines whose field count differs from the header's.
+class _Lines:
+  """A CSV's data lines read forward on demand: the raw text of the few rows an error names."""
 
-  Looks only at `rows` (a NaN report's rows, or the first row), not at the whole file.
-  """
-  wanted = set(int(r) for r in rows)
-  found = []
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-    next(f)
-    for i, line in enumerate(f):
-      if i in wanted:
-        count = line.rstrip("\r\n").count(",") + 1
-        if count != n_columns and line.strip():
-          found.append((i, count))
-      if i >= max(wanted):
-        break
-  return found
+  def __init__(self, path: pathlib.Path):
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    self._file = opener(path, "rt", encoding="utf-8-sig", newline="")
+    next(self._file, None)  # The header.
+    self._row, self._text = -1, ""
+
+  def __enter__(self) -> _Lines:
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self._file.close()
+
+  def get(self, rows: Iterable[int]) -> dict[int, str]:
+    """The text of each data row in `rows`; rows are read once, so ask in increasing order."""
+    found = {}
+    for row in sorted(set(int(r) for r in rows)):
+      while self._row < row:
+        self._text = next(self._file, "").rstrip("\r\n")
+        self._row += 1
+      found[row] = self._text
+    return found
+
+
+def _short_rows(lines: dict[int, str], n_columns: int) -> list[tuple[int, int]]:
+  """(data_row, field_count) of the non-blank `lines` with another field count than the header."""
+  counts = [(row, text.count(",") + 1) for row, text in lines.items() if text.strip()]
+  return [(row, count) for row, count in counts if count != n_columns]
 
 
 def _fields_error(path: pathlib.Path, data_row: int, count: int, expected: int) -> UserError:
-  """The error for a row with another number of fields than the header (see _field_counts)."""
+  """The error for a row with another number of fields than the header (see _short_rows)."""
   return UserError(f"{_where(path, data_row)}: has {count} fields, expected {expected} like the "
                    "header; fix or remove that row")
 
@@ -160,77 +217,147 @@ def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
           "--config.data.nan_policy=drop (drop those rows) or =fill (use data.fill_value)")
 
 
-def _to_integers(frame: pd.DataFrame, path: pathlib.Path, nan_policy: str,
-                 fill_value: int) -> pd.DataFrame:
-  """Checks every cell is an integer number, handling empty cells by `nan_policy`."""
+def _to_numbers(frame: pd.DataFrame, path: pathlib.Path) -> pd.DataFrame:
+  """Checks every non-empty cell is a decimal number (`True`, `0x10`, `abc` are errors)."""
   for column in frame.columns:
-    if not pd.api.types.is_numeric_dtype(frame[column]):
-      numeric = pd.to_numeric(frame[column], errors="coerce")
-      bad = np.flatnonzero(numeric.isna().to_numpy() & frame[column].notna().to_numpy())
-      if len(bad):
-        value = frame[column].iloc[bad[0]]
-        raise UserError(f"{_where(path, frame.index[bad[0]])}: column {column} holds {value!r}, "
-                        "not a number; every cell must be an integer")
-      frame[column] = numeric
-  if frame.isna().any(axis=None):
-    nan_rows = frame.index[frame.isna().any(axis=1).to_numpy()].to_numpy()
-    short = _field_counts(path, frame.shape[1], nan_rows[:50])
-    if short:
-      raise _fields_error(path, *short[0], frame.shape[1])
-    if nan_policy == "error":
-      raise UserError(_nan_report(frame, path))
-    if nan_policy == "drop":
-      frame = frame.dropna(axis=0)
-      if len(frame) == 0:
-        raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
-    else:
-      if "label" in frame.columns and frame["label"].isna().any():
-        row = frame.index[frame["label"].isna().to_numpy()][0]
-        raise UserError(f"{_where(path, row)}: the label is empty; data.nan_policy=fill fills "
-                        "pixels only (a filled label would be a wrong answer): fix the row or use "
-                        "--config.data.nan_policy=drop")
-      frame = frame.fillna(fill_value)
-  values = frame.to_numpy(dtype=np.float64)
+    cells = frame[column]
+    if pd.api.types.is_numeric_dtype(cells) and not pd.api.types.is_bool_dtype(cells):
+      continue
+    # As text, so that a parsed True/False is a token like any other, not 1/0.
+    numeric = pd.to_numeric(cells.astype(str).where(cells.notna()), errors="coerce")
+    bad = np.flatnonzero(numeric.isna().to_numpy() & cells.notna().to_numpy())
+    if len(bad):
+      raise UserError(f"{_where(path, frame.index[bad[0]])}: column {column} holds "
+                      f"{str(cells.iloc[bad[0]])!r}, not a number; every cell must be an integer")
+    frame[column] = numeric
+  return frame
+
+
+def _check_integers(values: np.ndarray, path: pathlib.Path, columns: list[str],
+                    rows: np.ndarray) -> None:
+  """Raises naming the first cell that holds a fraction."""
   fractional = np.flatnonzero((values != np.round(values)).any(axis=1))
   if len(fractional):
     row = fractional[0]
     col = int(np.flatnonzero(values[row] != np.round(values[row]))[0])
-    raise UserError(f"{_where(path, frame.index[row])}: column {frame.columns[col]} holds "
+    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} holds "
                     f"{values[row, col]:g}, not an integer; pixels are 0..255 and labels 0..9")
-  return frame
 
 
-def _check_range(values: np.ndarray, low: int, high: int, path: pathlib.Path,
-                 columns: list[str], rows: np.ndarray, what: str) -> None:
-  """Raises naming the first cell outside [low, high]; `rows` maps positions to data rows."""
-  bad = np.argwhere((values < low) | (values > high))
-  if len(bad):
-    row, col = bad[0]
-    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} is "
-                    f"{values[row, col]:g}, outside {low}..{high}; {what} must lie in {low}..{high}"
-                    + (f" ({len(bad)} such cells in all)" if len(bad) > 1 else ""))
+@dataclasses.dataclass
+class _OutOfRange:
+  """Cells outside [low, high] over every block of rows: the first one, and how many in all."""
+
+  low: int
+  high: int
+  what: str
+  first: tuple[int, str, float] | None = None  # (data row, column, value)
+  count: int = 0
+
+  def add(self, values: np.ndarray, columns: list[str], rows: np.ndarray) -> None:
+    """Counts a block's cells outside the range; `rows` maps positions to data rows."""
+    bad = np.argwhere((values < self.low) | (values > self.high))
+    if len(bad) and self.first is None:
+      row, col = bad[0]
+      self.first = (int(rows[row]), columns[col], float(values[row, col]))
+    self.count += len(bad)
+
+  def check(self, path: pathlib.Path) -> None:
+    """Raises naming the first cell outside the range, if any."""
+    if self.first is not None:
+      row, column, value = self.first
+      raise UserError(f"{_where(path, row)}: column {column} is {value:g}, outside "
+                      f"{self.low}..{self.high}; {self.what} must lie in {self.low}..{self.high}"
+                      + (f" ({self.count} such cells in all)" if self.count > 1 else ""))
+
+
+def _clean_block(frame: pd.DataFrame, path: pathlib.Path, lines: _Lines, nan_policy: str,
+                 fill_value: int, nan_rows: list[pd.DataFrame]) -> pd.DataFrame:
+  """One block of rows as numbers: blank lines dropped, empty cells handled by `nan_policy`.
+
+  Under `nan_policy=error` the rows with empty cells are collected in `nan_rows` and the caller
+  raises once every block is read, so the error names all of them.
+  """
+  if all(pd.api.types.is_integer_dtype(t) for t in set(frame.dtypes)):
+    return frame  # The common block: no empty cell or blank line, nothing to convert.
+  empty = frame.isna().all(axis=1).to_numpy()
+  nan_index = frame.index[frame.isna().any(axis=1).to_numpy()].to_numpy()
+  text = lines.get(np.union1d(frame.index[empty].to_numpy(), nan_index[:50]))
+  short = _short_rows(text, frame.shape[1])
+  if short:
+    raise _fields_error(path, *short[0], frame.shape[1])
+  # A blank line is dropped (its index keeps the line numbers); a row of empty cells is a row.
+  frame = frame[~frame.index.isin([row for row, line in text.items() if not line.strip()])]
+  frame = _to_numbers(frame, path)
+  if not frame.isna().any(axis=None):
+    return frame
+  if nan_policy == "error":
+    nan_rows.append(frame[frame.isna().any(axis=1).to_numpy()])
+    return frame.dropna(axis=0)
+  if nan_policy == "drop":
+    return frame.dropna(axis=0)
+  if "label" in frame.columns and frame["label"].isna().any():
+    row = frame.index[frame["label"].isna().to_numpy()][0]
+    raise UserError(f"{_where(path, row)}: the label is empty; data.nan_policy=fill fills "
+                    "pixels only (a filled label would be a wrong answer): fix the row or use "
+                    "--config.data.nan_policy=drop")
+  return frame.fillna(fill_value)
 
 
 def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
               fill_value: int = 0) -> Digits:
-  """Reads and validates a Kaggle-format CSV; every problem is a one-line `UserError`."""
+  """Reads and validates a Kaggle-format CSV; every problem is a one-line `UserError`.
+
+  Reads `CHUNK_ROWS` rows at a time: pandas keeps about 8 bytes per cell while it parses, so
+  a whole-file read peaks near 4× the file's size; by blocks the peak stays near the output's
+  (uint8, about a quarter of the text) plus one block.
+  """
   config.check_value("data.nan_policy", nan_policy)
-  frame = _check_columns(_read_frame(path), path, with_labels)
-  frame = frame[~frame.isna().all(axis=1)]  # Blank lines; the index keeps their line numbers.
-  if len(frame) == 0:
-    raise UserError(f"{path}: has a header but no rows; expected one row per image")
-  frame = _to_integers(frame, path, nan_policy, fill_value)
-  values = frame.to_numpy(dtype=np.float64)
-  columns = list(frame.columns)
+  path = pathlib.Path(path)
+  _check_file(path)
+  _check_memory(path)
   offset = 1 if with_labels else 0
-  rows = frame.index.to_numpy()
-  _check_range(values[:, offset:], 0, 255, path, columns[offset:], rows, "pixels")
-  labels = None
-  if with_labels:
-    _check_range(values[:, :1], 0, NUM_CLASSES - 1, path, columns[:1], rows, "labels")
-    labels = values[:, 0].astype(np.int32)
-  images = values[:, offset:].astype(np.uint8).reshape((-1, *IMAGE_SHAPE))
-  return Digits(images=images, labels=labels)
+  pixels = _OutOfRange(0, 255, "pixels")
+  labels_range = _OutOfRange(0, NUM_CLASSES - 1, "labels")
+  images: list[np.ndarray] = []
+  labels: list[np.ndarray] = []
+  nan_rows: list[pd.DataFrame] = []
+  seen = 0
+  with _pandas_errors(path), _Lines(path) as lines:
+    header = list(_read_csv(path, nrows=0).columns)
+    columns = _check_columns(header, path, with_labels)
+    # pandas silently turns the first column into an index when the first data row has one
+    # field more than the header; checking that one line is cheap.
+    first = _short_rows(lines.get([0]), len(header))
+    if first:
+      raise _fields_error(path, *first[0], len(header))
+    for block in _read_csv(path, chunksize=CHUNK_ROWS):
+      if header != columns:
+        block.columns = [str(c).strip() for c in block.columns]
+        block = block[columns]
+      n_rows = len(block)
+      block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
+      seen += n_rows
+      if len(block) == 0:
+        continue
+      values = block.to_numpy(dtype=np.float64)
+      rows = block.index.to_numpy()
+      _check_integers(values, path, columns, rows)
+      pixels.add(values[:, offset:], columns[offset:], rows)
+      images.append(values[:, offset:].astype(np.uint8))
+      if with_labels:
+        labels_range.add(values[:, :1], columns[:1], rows)
+        labels.append(values[:, 0].astype(np.int32))
+  if nan_rows:
+    raise UserError(_nan_report(pd.concat(nan_rows), path))
+  if not images:
+    if seen and nan_policy == "drop":
+      raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
+    raise UserError(f"{path}: has a header but no rows; expected one row per image")
+  pixels.check(path)
+  labels_range.check(path)
+  return Digits(images=np.concatenate(images).reshape((-1, *IMAGE_SHAPE)),
+                labels=np.concatenate(labels) if with_labels else None)
 
 
 def _file_hash(path: pathlib.Path) -> str:
@@ -266,16 +393,14 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   key = f"{_file_hash(path)[:20]}-{int(with_labels)}-{nan_policy}-{fill_value}-v{_CACHE_VERSION}"
   cache = path.parent / ".cache" / f"{path.name}.{key}.npz"
   if cache.exists():
-    try:
-      with np.load(cache, allow_pickle=False) as npz:
-        labels = npz["labels"] if with_labels else None
-        return Digits(images=npz["images"], labels=labels)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-      pass  # A damaged cache is rebuilt from the CSV below.
+    digits, problem = _read_cache(cache, with_labels)
+    if digits is not None:
+      return digits
+    print(f"note: {cache}: {problem}; rebuilding it from {path.name}", file=sys.stderr)
   digits = parse_csv(path, with_labels, nan_policy, fill_value)
   buffer = io.BytesIO()
   # Any: numpy's stub would also let `**arrays` fill savez's keyword flags (a bool).
-  arrays: dict[str, Any] = {"images": digits.images}
+  arrays: dict[str, Any] = {"images": digits.images, "digest": np.array(digest(digits))}
   if digits.labels is not None:
     arrays["labels"] = digits.labels
   np.savez(buffer, **arrays)
@@ -284,6 +409,27 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   except OSError:
     pass  # A read-only data dir still works, just without the cache.
   return digits
+
+
+def _read_cache(cache: pathlib.Path, with_labels: bool) -> tuple[Digits | None, str]:
+  """The cached digits if they are what parse_csv returns (layout, ranges, the digest written
+  with them); else None and what is wrong."""
+  try:
+    with np.load(cache, allow_pickle=False) as npz:
+      images, recorded = npz["images"], str(npz["digest"])
+      labels = npz["labels"] if with_labels else None
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    return None, f"cannot be read ({type(e).__name__})"
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+    return None, f"holds images {images.dtype}{images.shape}, not uint8 (n, 28, 28, 1)"
+  if labels is not None and (labels.dtype != np.int32 or labels.shape != images.shape[:1]
+                             or labels.min(initial=0) < 0
+                             or labels.max(initial=0) >= NUM_CLASSES):
+    return None, f"holds labels {labels.dtype}{labels.shape} that are not one 0..9 per image"
+  digits = Digits(images=images, labels=labels)
+  if digest(digits) != recorded:
+    return None, "does not match the digest written with it"
+  return digits, ""
 
 
 def split_indices(labels: np.ndarray, val_fraction: float,

@@ -3,6 +3,8 @@
 import gzip
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -297,6 +299,128 @@ def test_nan_policy_fill_never_fills_a_label(tmp_path):
   assert len(data.parse_csv(path, True, nan_policy="drop").labels) == 3
 
 
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_a_row_of_empty_cells_is_a_row_with_empty_cells_not_a_blank_line(tmp_path, with_labels):
+  rows = make_rows(4, with_labels)
+  rows[2] = [""] * len(rows[2])
+  path = write_csv(tmp_path / "train.csv", rows, TRAIN_COLUMNS if with_labels else PIXELS)
+  user_error(path, r"\bline 4\b", "nan_policy", with_labels=with_labels)
+  kept = as_array([rows[i] for i in (0, 1, 3)])
+  dropped = data.parse_csv(path, with_labels, nan_policy="drop")
+  np.testing.assert_array_equal(dropped.images.reshape(3, -1), kept[:, int(with_labels):])
+  if with_labels:  # An empty label is never filled.
+    user_error(path, r"\bline 4\b", "the label is empty", nan_policy="fill")
+  else:
+    filled = data.parse_csv(path, False, nan_policy="fill", fill_value=3)
+    assert (filled.images[2] == 3).all() and len(filled.images) == 4
+
+
+@pytest.mark.parametrize("token", ["True", "False", "true", "0x10", "1_000", "5 6"])
+@pytest.mark.parametrize("whole_column", [True, False])
+def test_a_non_decimal_token_is_an_error_not_a_number(tmp_path, token, whole_column):
+  rows = make_rows(4)
+  for i in (range(4) if whole_column else [2]):
+    rows[i][6] = token
+  line = 2 if whole_column else 4
+  # pandas reads a column of true/false as booleans: the message shows True/False.
+  user_error(write_csv(tmp_path / "train.csv", rows), rf"\bline {line}\b", r"\bpixel5\b",
+             "(?i)" + re.escape(repr(token)), "not a number")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+  """Parses 3 rows at a time, so a few rows span several of parse_csv's blocks."""
+  monkeypatch.setattr(data, "CHUNK_ROWS", 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 12), block=st.integers(1, 13), blank=st.integers(0, 12))
+def test_the_result_does_not_depend_on_the_block_size(tmp_path_factory, n, block, blank):
+  rows = make_rows(n, seed=n)
+  lines = [",".join(TRAIN_COLUMNS)] + [",".join(map(str, row)) for row in rows]
+  lines.insert(1 + min(blank, n), "")  # A blank line somewhere, which is not a row.
+  path = tmp_path_factory.mktemp("blocks") / "train.csv"
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(data, "CHUNK_ROWS", block)
+    digits = data.parse_csv(path, True)
+  np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(n, -1), as_array(rows)[:, 1:])
+
+
+def test_errors_name_lines_in_later_blocks(tmp_path, small_blocks):
+  rows = make_rows(10)
+  rows[7][4] = ""
+  user_error(write_csv(tmp_path / "a.csv", rows), r"pixel3 \(1 cell: line 9\)")
+  rows = make_rows(10)
+  rows[8].append(1)
+  user_error(write_csv(tmp_path / "b.csv", rows), r"\bline 10\b", "786")
+  rows = make_rows(10)
+  rows[5] = rows[5][:3]
+  user_error(write_csv(tmp_path / "c.csv", rows), r"\bline 7\b", r"\b3 fields\b")
+  rows = make_rows(10)
+  rows[4][2] = 2.5
+  user_error(write_csv(tmp_path / "d.csv", rows), r"\bline 6\b", r"\bpixel1\b", "2.5")
+
+
+def test_errors_count_cells_over_every_block(tmp_path, small_blocks):
+  rows = make_rows(10)
+  rows[1][9] = rows[4][9] = rows[8][9] = ""
+  user_error(write_csv(tmp_path / "a.csv", rows), r"pixel8 \(3 cells: lines 3, 6, 10\)")
+  rows = make_rows(10)
+  rows[5][3] = rows[8][3] = rows[9][500] = 256
+  rows[0][0] = 10  # A bad label: pixels are reported first.
+  user_error(write_csv(tmp_path / "b.csv", rows), r"\bline 7\b", r"\bpixel2\b",
+             r"\(3 such cells in all\)")
+  rows = make_rows(10)
+  for i in range(10):
+    rows[i][3] = ""
+  user_error(write_csv(tmp_path / "c.csv", rows), "nothing left", nan_policy="drop")
+
+
+def test_a_file_that_would_not_fit_in_memory_is_refused_before_parsing(tmp_path, monkeypatch):
+  path = write_csv(tmp_path / "train.csv", make_rows(3))
+  gz = write_csv(tmp_path / "train.csv.gz", make_rows(3))
+  assert data.text_size(gz) == len(gzip.decompress(gz.read_bytes())) == path.stat().st_size
+  monkeypatch.setattr(data, "memory_available",
+                      lambda: data.PEAK_PER_TEXT_BYTE * path.stat().st_size - 1)
+
+  def parse(*args, **kwargs):
+    raise AssertionError("parsed although the file cannot fit")
+
+  monkeypatch.setattr(data, "_read_csv", parse)
+  for p in (path, gz):
+    user_error(p, r"needs about 0\.0 GiB of memory", "available", "free memory")
+  monkeypatch.setattr(data, "memory_available", lambda: None)  # Unknown: no check.
+  with pytest.raises(AssertionError, match="parsed although"):
+    data.parse_csv(path, True)
+
+
+def test_memory_available_reads_a_positive_number_of_bytes():
+  available = data.memory_available()
+  assert available is None or available > 2**20
+
+
+def test_parsing_peaks_below_three_times_the_file_size(tmp_path):
+  path = write_csv(tmp_path / "train.csv", make_rows(6000))
+  # In a fresh process whose peak-RSS mark is reset before parsing (Linux's clear_refs): a
+  # forked child starts with its parent's mark.
+  code = ("import pathlib, re, sys; from dr_jax import data\n"
+          "status = lambda key: int(re.search(key + r':\\s+(\\d+) kB',\n"
+          "                                   pathlib.Path('/proc/self/status').read_text())[1])\n"
+          "pathlib.Path('/proc/self/clear_refs').write_text('5')\n"
+          "start = status('VmRSS')\n"
+          "digits = data.parse_csv(pathlib.Path(sys.argv[1]), True)\n"
+          "assert digits.images.shape == (6000, 28, 28, 1)\n"
+          "print((status('VmHWM') - start) * 1024)\n")
+  if not pathlib.Path("/proc/self/clear_refs").exists():
+    pytest.skip("needs Linux's /proc/self/clear_refs to measure a peak")
+  out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                       check=True).stdout
+  peak = int(out)
+  assert 0 < peak < 3 * path.stat().st_size, (peak, path.stat().st_size)
+
+
 def cache_files(path):
   """The .npz cache files load_csv keeps beside `path`."""
   return sorted((path.parent / ".cache").glob(f"{path.name}.*.npz"))
@@ -365,6 +489,50 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, damage):
   np.testing.assert_array_equal(digits.images.reshape(4, -1), as_array(rows)[:, 1:])
   forbid_parsing(monkeypatch)
   np.testing.assert_array_equal(data.load_csv(path, True).images, digits.images)
+
+
+def _rewrite_cache(cache, **arrays):
+  """Replaces entries of an .npz cache, keeping the others."""
+  with np.load(cache) as npz:
+    entries = dict(npz) | arrays
+  with open(cache, "wb") as f:
+    np.savez(f, **entries)
+
+
+@pytest.mark.parametrize("tamper,problem", [
+    (lambda images, labels: {"images": images.astype(np.int16)}, "holds images int16"),
+    (lambda images, labels: {"images": images.reshape(len(images), 784)}, "not uint8"),
+    (lambda images, labels: {"labels": labels.astype(np.int64)}, "holds labels int64"),
+    (lambda images, labels: {"labels": labels[:-1]}, "one 0..9 per image"),
+    (lambda images, labels: {"labels": labels + 10}, "one 0..9 per image"),
+    (lambda images, labels: {"images": 255 - images}, "does not match the digest"),
+    (lambda images, labels: {"digest": np.array("0" * 64)}, "does not match the digest")])
+def test_a_cache_unlike_the_parse_is_rebuilt_with_a_note(tmp_path, capsys, tamper, problem):
+  rows = make_rows(4)
+  path = write_csv(tmp_path / "train.csv", rows)
+  first = data.load_csv(path, True)
+  [cache] = cache_files(path)
+  _rewrite_cache(cache, **tamper(first.images, first.labels))
+  capsys.readouterr()
+  digits = data.load_csv(path, True)
+  np.testing.assert_array_equal(digits.images, first.images)
+  np.testing.assert_array_equal(digits.labels, first.labels)
+  note = capsys.readouterr().err
+  assert note.startswith(f"note: {cache}: ") and problem in note
+  assert note.endswith("; rebuilding it from train.csv\n") and note.count("\n") == 1
+  assert data.load_csv(path, True).images.dtype == np.uint8 and capsys.readouterr().err == ""
+
+
+def test_a_cache_without_a_digest_is_rebuilt(tmp_path, capsys):
+  path = write_csv(tmp_path / "train.csv", make_rows(3))
+  data.load_csv(path, True)
+  [cache] = cache_files(path)
+  with np.load(cache) as npz:
+    entries = {k: npz[k] for k in npz.files if k != "digest"}
+  with open(cache, "wb") as f:
+    np.savez(f, **entries)
+  data.load_csv(path, True)
+  assert "cannot be read (KeyError)" in capsys.readouterr().err
 
 
 def test_read_only_directory_still_loads(tmp_path, monkeypatch):
