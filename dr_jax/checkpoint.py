@@ -9,6 +9,7 @@ import contextlib
 import gc
 import io
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -22,6 +23,21 @@ from dr_jax.run_state import RunState
 KINDS = ("latest", "best")
 
 
+def check_writable(root: pathlib.Path) -> None:
+  """Refuses a checkpoint directory a trainer must not write: a link, or one it cannot write."""
+  for path in (root, *(root / kind for kind in KINDS)):
+    if path.is_symlink():
+      # orbax deletes old steps and temp directories inside it: through a link, in the target.
+      raise UserError(f"{path}: is a symbolic link; dr_jax writes checkpoints only into real "
+                      "directories (its cleanup would delete inside the link's target): replace "
+                      "it with a directory, or pass another --workdir")
+  existing = [p for p in (root, *(root / kind for kind in KINDS)) if p.exists()]
+  for path in existing or [next(p for p in root.parents if p.exists())]:
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise UserError(f"{path}: not writable, so checkpoints cannot be saved under {root}; fix "
+                      "its permissions or pass another --workdir")
+
+
 class Checkpoints:
   """Two orbax managers: the newest epoch (resume) and the best validation accuracy (predict).
 
@@ -32,6 +48,8 @@ class Checkpoints:
 
   def __init__(self, workdir: pathlib.Path, read_only: bool = False):
     root = pathlib.Path(workdir).absolute() / "checkpoints"
+    if not read_only:
+      check_writable(root)
     # Read-only users (predict) must not create directories or clean up a trainer's temp files.
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=not read_only,
                                            cleanup_tmp_directories=not read_only)

@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from dr_jax import config
 from dr_jax.errors import UserError
-from dr_jax.files import atomic_write_bytes
+from dr_jax.files import atomic_write_bytes, remove_stale_temps
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
@@ -392,6 +392,8 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
     return parse_csv(path, with_labels, nan_policy, fill_value)
   key = f"{_file_hash(path)[:20]}-{int(with_labels)}-{nan_policy}-{fill_value}-v{_CACHE_VERSION}"
   cache = path.parent / ".cache" / f"{path.name}.{key}.npz"
+  if cache.parent.is_dir():
+    remove_stale_temps(cache.parent)
   if cache.exists():
     digits, problem = _read_cache(cache, with_labels)
     if digits is not None:

@@ -6,7 +6,25 @@ import contextlib
 import os
 import pathlib
 import tempfile
+import time
 from typing import IO, Any, Iterable, Iterator
+
+
+STALE_AFTER_S = 600  # A temp file this old belongs to no write in progress: writes take seconds.
+
+
+def remove_stale_temps(directory: pathlib.Path) -> list[pathlib.Path]:
+  """Deletes temp files that killed writes left in `directory`; returns them."""
+  removed = []
+  cutoff = time.time() - STALE_AFTER_S
+  for tmp in pathlib.Path(directory).glob(".*.tmp"):
+    try:
+      if tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_mtime < cutoff:
+        tmp.unlink()
+        removed.append(tmp)
+    except OSError:
+      pass  # Gone already, or not ours to delete: either way nothing to clean.
+  return removed
 
 
 @contextlib.contextmanager

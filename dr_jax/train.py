@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from dr_jax import (augment, build, checkpoint, data, distributed, evaluate, interrupts, metrics,
-                    models, optim, parallel, provenance, steps, xla)
+from dr_jax import (augment, build, checkpoint, data, distributed, evaluate, files, interrupts,
+                    metrics, models, optim, parallel, provenance, steps, xla)
 from dr_jax.config import check
 from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
@@ -166,6 +166,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   metrics.log(f"loading data from {data_dir}…")
   split = _training_split(cfg, data_dir, pseudo_labels)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
+  for tmp in files.remove_stale_temps(workdir):
+    metrics.log(f"removed {tmp}: a temp file that a killed write left")
   plan = epoch_plan(split.train_idx.shape[1], cfg)
   tx = optim.make_optimizer(cfg, plan.steps * cfg.num_epochs)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))

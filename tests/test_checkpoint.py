@@ -1,9 +1,12 @@
 """Tests of dr_jax.checkpoint (damaged checkpoints are covered by the CLI tests)."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
 from dr_jax import checkpoint, optim
+from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
 
 
@@ -71,3 +74,34 @@ def test_restore_without_a_checkpoint_says_train_first(tmp_path):
   with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
     with pytest.raises(Exception, match="no best checkpoint .* train first"):
       ckpts.restore("best")
+
+
+@pytest.mark.parametrize("link", ["checkpoints", "checkpoints/latest", "checkpoints/best"])
+def test_a_linked_checkpoint_directory_is_refused_and_its_target_untouched(tmp_path, link):
+  target = tmp_path / "elsewhere"
+  (target / "7").mkdir(parents=True)
+  (tmp_path / "run" / link).parent.mkdir(parents=True, exist_ok=True)
+  (tmp_path / "run" / link).symlink_to(target, target_is_directory=True)
+  with pytest.raises(UserError) as e:
+    checkpoint.Checkpoints(tmp_path / "run")
+  assert str(e.value) == (
+      f"{(tmp_path / 'run' / link).absolute()}: is a symbolic link; dr_jax writes checkpoints "
+      "only into real directories (its cleanup would delete inside the link's target): replace "
+      "it with a directory, or pass another --workdir")
+  assert [p.name for p in target.iterdir()] == ["7"]
+  with checkpoint.Checkpoints(tmp_path / "run", read_only=True) as ckpts:  # Reading is safe.
+    assert ckpts.latest_epoch("best") in (None, 7)
+
+
+def test_an_unwritable_checkpoint_directory_is_refused(tmp_path, monkeypatch):
+  root = tmp_path / "checkpoints"
+  (root / "best").mkdir(parents=True)
+  # Permission bits do not stop root; the check asks the OS (os.access), so ask it that way.
+  monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: pathlib.Path(path) != root)
+  with pytest.raises(UserError, match=rf"^{root}: not writable, so checkpoints cannot be saved"):
+    checkpoint.Checkpoints(tmp_path)
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: pathlib.Path(path) != fresh)
+  with pytest.raises(UserError, match=rf"^{fresh}: not writable"):
+    checkpoint.Checkpoints(fresh)

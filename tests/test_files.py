@@ -1,6 +1,8 @@
 """Tests of dr_jax.files: an interrupted write leaves the old file and no temp file behind."""
 
+import os
 import pathlib
+import time
 
 import pytest
 
@@ -28,3 +30,21 @@ def test_bytes_and_text_round_trip_and_are_readable_by_others(tmp_path: pathlib.
   assert (tmp_path / "a" / "b.bin").read_bytes() == b"\x00\x01"
   assert (tmp_path / "c.txt").read_text(encoding="utf-8") == "é\n"
   assert (tmp_path / "c.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_remove_stale_temps_deletes_only_old_temp_files(tmp_path: pathlib.Path) -> None:
+  old = time.time() - files.STALE_AFTER_S - 5
+  stale = tmp_path / ".config.json.k3j2.tmp"
+  fresh = tmp_path / ".metrics.jsonl.9zq.tmp"
+  kept = [fresh, tmp_path / "config.json", tmp_path / "old.tmp", tmp_path / ".dir.tmp",
+          tmp_path / ".link.tmp"]
+  for path in (stale, fresh, kept[1], kept[2]):
+    path.write_text("x")
+  kept[3].mkdir()
+  kept[4].symlink_to(kept[1])
+  for path in (stale, kept[1], kept[2], kept[3]):
+    os.utime(path, (old, old))
+  os.utime(kept[4], (old, old), follow_symlinks=False)
+  assert files.remove_stale_temps(tmp_path) == [stale]
+  assert not stale.exists() and all(p.exists() or p.is_symlink() for p in kept)
+  assert files.remove_stale_temps(tmp_path / "missing") == []

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import build, checkpoint, config, data, optim, parallel, run_state, steps, train
+from dr_jax import build, checkpoint, config, data, files, optim, parallel, run_state, steps, train
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -95,11 +96,19 @@ def test_resume_continues_bitwise_like_an_uninterrupted_run(tmp_path, data_dir, 
   assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(workdir)[-1]["val_accuracy"]
 
 
-def test_finished_run_is_not_retrained(smoke_run, data_dir):
+def test_finished_run_is_not_retrained(smoke_run, data_dir, capsys):
   workdir, _ = smoke_run
   before = (workdir / "metrics.jsonl").read_text()
+  # A killed write's temp file is cleaned up; one young enough to be in progress is not.
+  stale, fresh = workdir / ".config.json.x1.tmp", workdir / ".report.md.x2.tmp"
+  stale.write_text("{")
+  fresh.write_text("#")
+  os.utime(stale, (time.time() - files.STALE_AFTER_S - 1,) * 2)
   train.train_and_evaluate(_cfg(num_epochs=3), workdir, data_dir)
   assert (workdir / "metrics.jsonl").read_text() == before
+  assert not stale.exists() and fresh.exists()
+  assert f"removed {stale}: a temp file that a killed write left" in capsys.readouterr().err
+  fresh.unlink()
 
 
 @pytest.mark.slow
