@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable, TypeVar
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from dr_jax.errors import UserError
+
+T = TypeVar("T")
+TEXT_BYTES = 2048  # What one process tells the others: an error line or a digest.
 
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 # `auto`: let JAX detect the cluster (SLURM, Open MPI, Cloud TPU, GKE) and its coordinator.
@@ -93,3 +99,48 @@ def initialize(launch: Launch) -> None:
 def is_primary() -> bool:
   """Process 0 writes what exists once per run (logs, TensorBoard, submission, run files)."""
   return jax.process_index() == 0
+
+
+def gather_text(text: str) -> list[str]:
+  """Every process's `text` (its first TEXT_BYTES bytes of UTF-8), in process order."""
+  raw = np.zeros(TEXT_BYTES, np.uint8)
+  encoded = text.encode("utf-8")[:TEXT_BYTES]
+  raw[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  rows = np.asarray(multihost_utils.process_allgather(raw)).reshape(-1, TEXT_BYTES)
+  return [bytes(row).rstrip(b"\0").decode("utf-8", errors="replace") for row in rows]
+
+
+def fail_together(fn: Callable[[], T]) -> T:
+  """`fn()` on every process; a UserError on any process ends every process with its message.
+
+  Otherwise the processes that succeeded would wait forever in their next collective for the
+  one that exited.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  error, result = "", None
+  try:
+    result = fn()
+  except UserError as e:
+    error = str(e) or "failed"
+  for index, message in enumerate(gather_text(error)):
+    if message:
+      raise UserError(message if index == jax.process_index() else f"process {index}: {message}")
+  return result  # type: ignore[return-value]  # Set: no process failed, this one included.
+
+
+def check_same(what: str, value: str) -> None:
+  """Every process must hold the same `value` (a digest of its data); else every process raises."""
+  if jax.process_count() == 1:
+    return
+  values = gather_text(value)
+  if len(set(values)) > 1:
+    held = ", ".join(f"process {i}: {v[:12]}" for i, v in enumerate(values))
+    raise UserError(f"the processes' {what} differ ({held}); give every process the same files")
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process (every process must call this at the same point)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())

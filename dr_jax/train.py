@@ -164,7 +164,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
   metrics.log(f"loading data from {data_dir}…")
-  split = _training_split(cfg, data_dir, pseudo_labels)
+  # Every process loads its own copy: a missing or bad file on one ends them all, and they must
+  # hold the same digits.
+  split = distributed.fail_together(lambda: _training_split(cfg, data_dir, pseudo_labels))
+  distributed.check_same("training data (sha256 of train.csv's digits)", split.digest)
   workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
   for tmp in files.remove_stale_temps(workdir):
     metrics.log(f"removed {tmp}: a temp file that a killed write left")

@@ -1,9 +1,11 @@
 """Tests of dr_jax.distributed: launch settings, and a real two-process `jax.distributed` run."""
 
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -65,6 +67,15 @@ def test_cli_reports_missing_coordinator_without_traceback(cli_main, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_one_process_agrees_with_itself():
+  assert distributed.fail_together(lambda: 5) == 5
+  with pytest.raises(UserError, match="^bad file$"):
+    distributed.fail_together(lambda: (_ for _ in ()).throw(UserError("bad file")))
+  distributed.check_same("data", "abc")
+  assert distributed.any_process(True) and not distributed.any_process(False)
+  assert distributed.gather_text("héllo") == ["héllo"]
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -119,3 +130,57 @@ def test_two_processes_train_one_epoch_and_write_one_submission(tmp_path, data_d
   # Same global batches and the same two-device all-reduce: equal up to float summation order.
   for key in one:
     np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _start(commands, cli_env):
+  """Starts one `dr-jax` process per command, as the processes of one distributed run."""
+  env = dict(cli_env, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
+             JAX_NUM_PROCESSES=str(len(commands)))
+  return [subprocess.Popen([sys.executable, "-m", "dr_jax", *map(str, command)],
+                           env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+          for i, command in enumerate(commands)]
+
+
+@pytest.mark.slow
+def test_a_data_error_on_one_process_ends_every_process(tmp_path, data_dir, cli_env, kaggle_dir):
+  train = ["train", "--config", EXPERIMENTS / "tiny.py", "--workdir", tmp_path / "w", *SMOOTH]
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  # Process 1 has no train.csv; then it has a train.csv with other digits.
+  for other, message in ((empty, f"{empty / 'train.csv'}: file not found"),
+                         (kaggle_dir(n_train=300, n_test=20, seed=1),
+                          "the processes' training data (sha256 of train.csv's "
+                                      "digits) differ (process 0: ")):
+    procs = _start([train + ["--data-dir", data_dir], train + ["--data-dir", other]], cli_env)
+    (_, err0), (_, err1) = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], (err0, err1)
+    assert message in err0 and message in err1 and "Traceback" not in err0 + err1
+    if other is empty:
+      assert f"dr-jax: error: process 1: {empty}" in err0
+      assert f"dr-jax: error: {empty}" in err1
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_every_process_at_the_same_epoch(tmp_path, data_dir,
+                                                                      cli_env):
+  workdir = tmp_path / "w"
+  train = ["train", "--config", EXPERIMENTS / "tiny.py", "--workdir", workdir, "--data-dir",
+           data_dir, *SMOOTH, "--config.num_epochs=200"]
+  procs = _start([train, train], cli_env)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), \
+        [p.communicate() for p in procs]
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  (_, err0), (_, err1) = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [130, 130], (err0, err1)
+  assert "interrupted; the last completed epoch is saved" in err0 + err1
+  epochs = len(metrics.read_text().splitlines())
+  assert 2 <= epochs < 200  # Stopped mid-run, by the signal, after whole epochs.
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    assert ckpts.latest_epoch("latest") == epochs

@@ -11,10 +11,30 @@ from dr_jax import interrupts
 
 @pytest.fixture(autouse=True)
 def python_ctrl_c():
-  """Python's own SIGINT handler (a test runner may have replaced it)."""
+  """Python's own SIGINT and SIGTERM dispositions (a test runner may have replaced them)."""
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  previous_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
   yield
   signal.signal(signal.SIGINT, previous)
+  signal.signal(signal.SIGTERM, previous_term)
+
+
+def test_sigterm_is_a_stop_request_like_ctrl_c_and_its_default_comes_back():
+  with interrupts.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)  # Without the handler this would end the test run.
+    assert stop.requested
+    with pytest.raises(KeyboardInterrupt):
+      stop.check()
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_programs_own_sigterm_handler_is_left_alone():
+  mine = lambda signum, frame: None
+  signal.signal(signal.SIGTERM, mine)
+  with interrupts.StopRequest():
+    assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+  assert signal.getsignal(signal.SIGTERM) is mine
 
 
 def test_ctrl_c_is_held_until_check():
