@@ -299,6 +299,80 @@ def test_nan_policy_fill_never_fills_a_label(tmp_path):
   assert len(data.parse_csv(path, True, nan_policy="drop").labels) == 3
 
 
+def _message(path, rows, **kwargs):
+  """parse_csv's error for `rows` written to `path`, without the path."""
+  write_csv(path, rows)
+  with pytest.raises(UserError) as e:
+    data.parse_csv(path, True, **kwargs)
+  assert str(e.value).startswith(f"{path}: ")
+  return str(e.value).removeprefix(f"{path}: ")
+
+
+def test_error_messages_word_for_word(tmp_path):
+  """The whole text of each kind of message: counts, plurals, lists cut after 3 columns and
+  5 lines, and the fix."""
+  fix = ("; fix the file, or set --config.data.nan_policy=drop (drop those rows) or =fill "
+         "(use data.fill_value)")
+  rows = make_rows(8)
+  for i in range(6):
+    rows[i][1] = ""  # pixel0: 6 cells, more than the 5 lines named.
+  rows[2][2] = rows[3][2] = ""  # pixel1: 2 cells.
+  rows[4][3] = ""  # pixel2: 1 cell.
+  rows[5][4] = ""  # pixel3: a fourth column.
+  assert _message(tmp_path / "a.csv", rows) == (
+      "empty or NaN cells in pixel0 (6 cells: lines 2, 3, 4, 5, 6 and 1 more), pixel1 (2 cells: "
+      "lines 4, 5), pixel2 (1 cell: line 6) and 1 more column(s)" + fix)
+  rows = make_rows(8)
+  for i in range(5):
+    rows[i][1] = ""
+  rows[6][2] = rows[6][3] = ""
+  assert _message(tmp_path / "b.csv", rows) == (
+      "empty or NaN cells in pixel0 (5 cells: lines 2, 3, 4, 5, 6), pixel1 (1 cell: line 8), "
+      "pixel2 (1 cell: line 8)" + fix)
+  rows = make_rows(4)
+  rows[1][5] = 256
+  assert _message(tmp_path / "c.csv", rows) == (
+      "line 3 (data row 2): column pixel4 is 256, outside 0..255; pixels must lie in 0..255")
+  rows[3][7] = -1
+  assert _message(tmp_path / "d.csv", rows) == (
+      "line 3 (data row 2): column pixel4 is 256, outside 0..255; pixels must lie in 0..255 "
+      "(2 such cells in all)")
+  rows = make_rows(4)
+  rows[2].append(5)
+  assert _message(tmp_path / "e.csv", rows) == (
+      "expected 785 fields in line 4, saw 786; every row needs the same columns as the header")
+  rows = make_rows(4)
+  rows[2] = rows[2][:3]
+  assert _message(tmp_path / "f.csv", rows) == (
+      "line 4 (data row 3): has 3 fields, expected 785 like the header; fix or remove that row")
+  rows = make_rows(4)
+  rows[1][0] = 2.5
+  assert _message(tmp_path / "g.csv", rows) == (
+      "line 3 (data row 2): column label holds 2.5, not an integer; pixels are 0..255 and labels "
+      "0..9")
+  rows = make_rows(4)
+  rows[3][9] = "0x10"
+  assert _message(tmp_path / "h.csv", rows) == (
+      "line 5 (data row 4): column pixel8 holds '0x10', not a number; every cell must be an "
+      "integer")
+
+
+def test_fill_value_defaults_to_zero(tmp_path):
+  rows = make_rows(3)
+  rows[1][4] = ""
+  path = write_csv(tmp_path / "train.csv", rows)
+  for load in (data.parse_csv, data.load_csv):
+    assert load(path, True, nan_policy="fill").images.reshape(3, -1)[1, 3] == 0
+
+
+def test_digest_names_the_values_not_their_storage_dtype():
+  images = np.arange(2 * 784).reshape(2, 28, 28, 1) % 256
+  labels = np.array([3, 7])
+  reference = data.digest(data.Digits(images.astype(np.uint8), labels.astype(np.int32)))
+  assert data.digest(data.Digits(images.astype(np.int64), labels.astype(np.int64))) == reference
+  assert data.digest(data.Digits(images.astype(np.uint8), None)) != reference
+
+
 @pytest.mark.parametrize("with_labels", [True, False])
 def test_a_row_of_empty_cells_is_a_row_with_empty_cells_not_a_blank_line(tmp_path, with_labels):
   rows = make_rows(4, with_labels)
@@ -499,14 +573,26 @@ def _rewrite_cache(cache, **arrays):
     np.savez(f, **entries)
 
 
+_NOT_ONE_LABEL = "that are not one 0..9 per image"
+_DIGEST = "does not match the digest written with it"
+
+
 @pytest.mark.parametrize("tamper,problem", [
-    (lambda images, labels: {"images": images.astype(np.int16)}, "holds images int16"),
-    (lambda images, labels: {"images": images.reshape(len(images), 784)}, "not uint8"),
-    (lambda images, labels: {"labels": labels.astype(np.int64)}, "holds labels int64"),
-    (lambda images, labels: {"labels": labels[:-1]}, "one 0..9 per image"),
-    (lambda images, labels: {"labels": labels + 10}, "one 0..9 per image"),
-    (lambda images, labels: {"images": 255 - images}, "does not match the digest"),
-    (lambda images, labels: {"digest": np.array("0" * 64)}, "does not match the digest")])
+    (lambda images, labels: {"images": images.astype(np.int16)},
+     "holds images int16(4, 28, 28, 1), not uint8 (n, 28, 28, 1)"),
+    (lambda images, labels: {"images": images.reshape(len(images), 784)},
+     "holds images uint8(4, 784), not uint8 (n, 28, 28, 1)"),
+    # The same bytes in another shape: the digest alone would accept it.
+    (lambda images, labels: {"images": images.reshape(len(images), 14, 56, 1)},
+     "holds images uint8(4, 14, 56, 1), not uint8 (n, 28, 28, 1)"),
+    (lambda images, labels: {"labels": labels.astype(np.int64)},
+     f"holds labels int64(4,) {_NOT_ONE_LABEL}"),
+    (lambda images, labels: {"labels": labels[:-1]}, f"holds labels int32(3,) {_NOT_ONE_LABEL}"),
+    (lambda images, labels: {"labels": np.where(labels == labels.max(), 10, labels)},
+     f"holds labels int32(4,) {_NOT_ONE_LABEL}"),
+    (lambda images, labels: {"labels": labels - 1}, f"holds labels int32(4,) {_NOT_ONE_LABEL}"),
+    (lambda images, labels: {"images": 255 - images}, _DIGEST),
+    (lambda images, labels: {"digest": np.array("0" * 64)}, _DIGEST)])
 def test_a_cache_unlike_the_parse_is_rebuilt_with_a_note(tmp_path, capsys, tamper, problem):
   rows = make_rows(4)
   path = write_csv(tmp_path / "train.csv", rows)
@@ -517,9 +603,7 @@ def test_a_cache_unlike_the_parse_is_rebuilt_with_a_note(tmp_path, capsys, tampe
   digits = data.load_csv(path, True)
   np.testing.assert_array_equal(digits.images, first.images)
   np.testing.assert_array_equal(digits.labels, first.labels)
-  note = capsys.readouterr().err
-  assert note.startswith(f"note: {cache}: ") and problem in note
-  assert note.endswith("; rebuilding it from train.csv\n") and note.count("\n") == 1
+  assert capsys.readouterr().err == f"note: {cache}: {problem}; rebuilding it from train.csv\n"
   assert data.load_csv(path, True).images.dtype == np.uint8 and capsys.readouterr().err == ""
 
 
@@ -638,6 +722,13 @@ def test_split_rejects_too_small_validation_set():
   labels = np.arange(40) % 10
   with pytest.raises(UserError):
     data.split(np.arange(40), labels, 0.1, 0)
+
+
+def test_split_rejects_too_small_training_set():
+  labels = np.arange(20) % 10  # 0.6 leaves 8 training images for 10 classes.
+  with pytest.raises(UserError, match="cannot split 20 images into train/validation with "
+                                      "val_fraction=0.6"):
+    data.split(np.arange(20), labels, 0.6, 0)
 
 
 @settings(max_examples=50, deadline=None)
