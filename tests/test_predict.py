@@ -246,3 +246,61 @@ def test_validate_refuses_a_train_csv_the_run_was_not_trained_on(tmp_path, kaggl
 def test_validate_rejects_a_bad_tta_before_any_work(tmp_path):
   with pytest.raises(UserError, match="--tta 12"):
     predict.validate(tmp_path / "no-such-run", tmp_path, (1, 12))
+
+
+@pytest.mark.parametrize("header, shown", [
+    ("Id,Label,x", "Id,Label,x"), ("a,b,c,d", "a,b,c,d"), ("a,b,c,d,e", "a,b,c,… (5 columns)")])
+def test_a_wrong_header_is_shown_whole_up_to_four_columns(tmp_path, header, shown):
+  sub = tmp_path / "sub.csv"
+  sub.write_text(header + "\n" + ",".join("1" * len(header.split(","))) + "\n")
+  with pytest.raises(UserError) as info:
+    predict.read_labels(sub, "submission")
+  assert str(info.value) == f"{sub}: header is {shown}; expected the 2 columns ImageId,Label"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ImageId,Label\n", "has a header but no rows; expected one ImageId,Label row per test image"),
+    ("ImageId,Label\n1,3\n2,NA\n", "line 3: Label must be an integer, got 'NA'"),
+    ("ImageId,Label\n1,3\n2,\n", "line 3: Label must be an integer, got ''"),
+    ("ImageId,Label\n1,3\n2,4\n2,4\n1,5\n",
+     "ImageId 2 appears more than once (2 duplicate row(s)); each ImageId must appear once")])
+def test_read_labels_messages_word_for_word(tmp_path, text, message):
+  sub = tmp_path / "sub.csv"
+  sub.write_text(text)
+  with pytest.raises(UserError) as info:
+    predict.read_labels(sub, "submission")
+  assert str(info.value) == f"{sub}: {message}"
+
+
+def test_score_names_missing_and_unknown_ids_and_each_files_role(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5)])
+  sub = _write(tmp_path / "sub.csv", [(1, 3), (9, 1)])
+  with pytest.raises(UserError) as info:
+    predict.score(sub, answers)
+  assert str(info.value) == (
+      f"{sub}: 2 ImageId(s) missing (first 2); 1 unknown ImageId(s) (first 9); a submission needs "
+      f"exactly one row for each of the 3 ImageIds in {answers}")
+  with pytest.raises(UserError) as info:
+    predict.score(tmp_path / "none.csv", answers)
+  assert str(info.value) == f"submission file {tmp_path / 'none.csv'} not found"
+
+
+@pytest.mark.parametrize("name", ["train.csv.gz", "test.csv.gz", "sample_submission.csv"])
+def test_blend_refuses_every_data_file_as_out_before_any_work(tmp_path, name):
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  (data_dir / name).write_bytes(b"kept")
+  with pytest.raises(UserError) as info:  # The run does not even exist: no work was started.
+    predict.blend([tmp_path / "no-run"], data_dir, data_dir / name)
+  assert str(info.value) == (f"--out {data_dir / name} is one of the input files; write the "
+                             "submission elsewhere (default: WORKDIR/submission.csv)")
+  assert (data_dir / name).read_bytes() == b"kept"
+
+
+def test_blend_refuses_out_inside_a_runs_files(tmp_path):
+  run = tmp_path / "run"
+  with pytest.raises(UserError) as info:
+    predict.blend([run], tmp_path, run / "checkpoints" / "best" / "s.csv")
+  assert str(info.value) == (f"--out {run / 'checkpoints' / 'best' / 's.csv'} is inside {run}'s "
+                             "checkpoints, which predict reads; write the submission elsewhere "
+                             "(default: WORKDIR/submission.csv)")

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dr_jax import build, checkpoint, config, data, files, optim, parallel, run_state, steps, train
+from dr_jax import (build, checkpoint, config, data, files, optim, parallel, predict, run_state,
+                    steps, train)
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
@@ -60,6 +61,15 @@ def test_smoke_run_learns_and_writes_everything(smoke_run, data_dir):
   digits = data.load_csv(data_dir / "train.csv", with_labels=True)
   assert prov[0]["train_data"] == {"path": str((data_dir / "train.csv").resolve()),
                                    "sha256": data.digest(digits)}
+
+
+def test_predict_writes_where_out_says_and_only_there(smoke_run, data_dir, tmp_path):
+  workdir, _ = smoke_run
+  default = workdir / "submission.csv"
+  had_default = default.exists()
+  out, _ = predict.predict(workdir, data_dir, out=tmp_path / "mine.csv")
+  assert out == tmp_path / "mine.csv" and out.read_text().startswith("ImageId,Label\n1,")
+  assert default.exists() == had_default
 
 
 def test_best_checkpoint_holds_the_best_epoch(smoke_run):
