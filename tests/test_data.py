@@ -1,6 +1,7 @@
 """Tests for dr_jax.data: CSV parsing and validation, the .npz cache, split, one-hot, scaling."""
 
 import gzip
+import io
 import pathlib
 import re
 import subprocess
@@ -355,6 +356,74 @@ def test_error_messages_word_for_word(tmp_path):
   assert _message(tmp_path / "h.csv", rows) == (
       "line 5 (data row 4): column pixel8 holds '0x10', not a number; every cell must be an "
       "integer")
+
+
+def test_header_and_file_messages_word_for_word(tmp_path):
+  dupes = [f"pixel{i}" for i in (9, 3, 7, 1, 5, 2)]  # Six repeated names: five are listed.
+  write_csv(tmp_path / "a.csv", [], TRAIN_COLUMNS + dupes)
+  assert _error(tmp_path / "a.csv", True) == (
+      "duplicate column(s) pixel1, pixel2, pixel3, pixel5, pixel7 in the header; each column name "
+      "must appear once")
+  write_csv(tmp_path / "b.csv", make_rows(2, False), PIXELS)
+  assert _error(tmp_path / "b.csv", True) == (
+      "no `label` column; a training file needs `label,pixel0,...,pixel783` (is this a test file?)")
+  write_csv(tmp_path / "c.csv", make_rows(2))
+  assert _error(tmp_path / "c.csv", False) == (
+      "has a `label` column; a test file holds only pixel0..pixel783 (is this a training file? "
+      "pass it as train.csv)")
+  assert _error(tmp_path / "none.csv", True) == (
+      f"file not found; run `dr-jax fetch --data-dir {tmp_path}` or pass --data-dir with Kaggle's "
+      "train.csv/test.csv")
+
+
+def _error(path, with_labels):
+  """parse_csv's one-line error for `path`, without the path."""
+  with pytest.raises(UserError) as e:
+    data.parse_csv(path, with_labels)
+  return str(e.value).removeprefix(f"{path}: ")
+
+
+def test_memory_message_in_gib_and_the_limit_itself_is_allowed(tmp_path, monkeypatch):
+  path = write_csv(tmp_path / "train.csv", make_rows(2))
+  monkeypatch.setattr(data, "text_size", lambda p: 2 * 2**30)
+  monkeypatch.setattr(data, "memory_available", lambda: 3 * 2**30)
+  assert _error(path, True) == ("parsing it needs about 4.0 GiB of memory and 3.0 GiB is "
+                                "available; free memory, or use a machine with more")
+  # Exactly enough memory: parsing starts.
+  monkeypatch.setattr(data, "memory_available", lambda: data.PEAK_PER_TEXT_BYTE * 2 * 2**30)
+
+  def parsing(*args, **kwargs):
+    raise AssertionError("past the check")
+
+  monkeypatch.setattr(data, "_read_csv", parsing)
+  with pytest.raises(AssertionError, match="past the check"):
+    data.parse_csv(path, True)
+
+
+def test_memory_available_reads_meminfo_then_sysconf(monkeypatch):
+  meminfo = "MemTotal:       16384 kB\nMemFree:         1024 kB\nMemAvailable:    2048 kB\n"
+  opened = []
+
+  def fake_open(name, *args, **kwargs):
+    opened.append(name)
+    return io.StringIO(meminfo)
+
+  monkeypatch.setattr(data, "open", fake_open, raising=False)
+  assert data.memory_available() == 2048 * 1024 and opened == ["/proc/meminfo"]
+
+  def no_proc(name, *args, **kwargs):
+    raise FileNotFoundError(name)
+
+  monkeypatch.setattr(data, "open", no_proc, raising=False)
+  pages = {"SC_AVPHYS_PAGES": 10, "SC_PAGE_SIZE": 4096}
+  monkeypatch.setattr(data.os, "sysconf", lambda name: pages[name])
+  assert data.memory_available() == 40960
+
+  def unknown(name):
+    raise ValueError(name)
+
+  monkeypatch.setattr(data.os, "sysconf", unknown)
+  assert data.memory_available() is None
 
 
 def test_fill_value_defaults_to_zero(tmp_path):
