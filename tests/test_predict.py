@@ -297,10 +297,12 @@ def test_blend_refuses_every_data_file_as_out_before_any_work(tmp_path, name):
   assert (data_dir / name).read_bytes() == b"kept"
 
 
-def test_blend_refuses_out_inside_a_runs_files(tmp_path):
+@pytest.mark.parametrize("kept, out", [
+    ("checkpoints", "checkpoints/best/s.csv"), ("config.json", "config.json"),
+    ("provenance.json", "provenance.json"), ("metrics.jsonl", "metrics.jsonl")])
+def test_blend_refuses_out_inside_a_runs_files(tmp_path, kept, out):
   run = tmp_path / "run"
   with pytest.raises(UserError) as info:
-    predict.blend([run], tmp_path, run / "checkpoints" / "best" / "s.csv")
-  assert str(info.value) == (f"--out {run / 'checkpoints' / 'best' / 's.csv'} is inside {run}'s "
-                             "checkpoints, which predict reads; write the submission elsewhere "
-                             "(default: WORKDIR/submission.csv)")
+    predict.blend([run], tmp_path, run / out)
+  assert str(info.value) == (f"--out {run / out} is inside {run}'s {kept}, which predict reads; "
+                             "write the submission elsewhere (default: WORKDIR/submission.csv)")
