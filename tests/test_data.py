@@ -376,6 +376,22 @@ def test_header_and_file_messages_word_for_word(tmp_path):
       "train.csv/test.csv")
 
 
+def test_column_messages_word_for_word(tmp_path):
+  """Missing and unexpected columns, each list cut after five, joined by '; '."""
+  columns = TRAIN_COLUMNS[:-6] + [f"extra{i}" for i in range(6)]
+  write_csv(tmp_path / "a.csv", [], columns)
+  assert _error(tmp_path / "a.csv", True) == (
+      "missing column(s) pixel778, pixel779, pixel780, pixel781, pixel782 and 1 more; unexpected "
+      "column(s) extra0, extra1, extra2, extra3, extra4 and 1 more; expected the header "
+      "`label,pixel0,...,pixel783`")
+  write_csv(tmp_path / "b.csv", [], PIXELS[:-5] + ["pixel5x", "x"])
+  assert _error(tmp_path / "b.csv", False) == (
+      "missing column(s) pixel779, pixel780, pixel781, pixel782, pixel783; unexpected column(s) "
+      "pixel5x, x; expected the header `pixel0,...,pixel783`")
+  write_csv(tmp_path / "c.csv", [], TRAIN_COLUMNS + ["pixel5"])  # Read back as pixel5.1.
+  assert _error(tmp_path / "c.csv", True).startswith("duplicate column(s) pixel5 in the header")
+
+
 def _error(path, with_labels):
   """parse_csv's one-line error for `path`, without the path."""
   with pytest.raises(UserError) as e:
