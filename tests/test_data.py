@@ -384,10 +384,10 @@ def test_column_messages_word_for_word(tmp_path):
       "missing column(s) pixel778, pixel779, pixel780, pixel781, pixel782 and 1 more; unexpected "
       "column(s) extra0, extra1, extra2, extra3, extra4 and 1 more; expected the header "
       "`label,pixel0,...,pixel783`")
-  write_csv(tmp_path / "b.csv", [], PIXELS[:-5] + ["pixel5x", "x"])
+  write_csv(tmp_path / "b.csv", [], PIXELS[:-5] + ["pixel5x", "x.1"])
   assert _error(tmp_path / "b.csv", False) == (
       "missing column(s) pixel779, pixel780, pixel781, pixel782, pixel783; unexpected column(s) "
-      "pixel5x, x; expected the header `pixel0,...,pixel783`")
+      "pixel5x, x.1; expected the header `pixel0,...,pixel783`")
   write_csv(tmp_path / "c.csv", [], TRAIN_COLUMNS + ["pixel5"])  # Read back as pixel5.1.
   assert _error(tmp_path / "c.csv", True).startswith("duplicate column(s) pixel5 in the header")
 
