@@ -25,13 +25,14 @@ KINDS = ("latest", "best")
 
 def check_writable(root: pathlib.Path) -> None:
   """Refuses a checkpoint directory a trainer must not write: a link, or one it cannot write."""
-  for path in (root, *(root / kind for kind in KINDS)):
+  paths = (root, *(root / kind for kind in KINDS))
+  for path in paths:
     if path.is_symlink():
       # orbax deletes old steps and temp directories inside it: through a link, in the target.
       raise UserError(f"{path}: is a symbolic link; dr_jax writes checkpoints only into real "
                       "directories (its cleanup would delete inside the link's target): replace "
                       "it with a directory, or pass another --workdir")
-  existing = [p for p in (root, *(root / kind for kind in KINDS)) if p.exists()]
+  existing = [p for p in paths if p.exists()]
   for path in existing or [next(p for p in root.parents if p.exists())]:
     if not os.access(path, os.W_OK | os.X_OK):
       raise UserError(f"{path}: not writable, so checkpoints cannot be saved under {root}; fix "

@@ -164,13 +164,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
   metrics.log(f"loading data from {data_dir}…")
-  # Every process loads its own copy: a missing or bad file on one ends them all, and they must
-  # hold the same digits.
-  split = distributed.fail_together(lambda: _training_split(cfg, data_dir, pseudo_labels))
-  distributed.check_same("training data (sha256 of train.csv's digits)", split.digest)
-  workdir.mkdir(parents=True, exist_ok=True)  # Only once the data is known to be good.
-  for tmp in files.remove_stale_temps(workdir):
-    metrics.log(f"removed {tmp}: a temp file that a killed write left")
+  split = _agreed_split(cfg, data_dir, pseudo_labels)
+  _prepare_workdir(workdir)  # Only once the data is known to be good.
   plan = epoch_plan(split.train_idx.shape[1], cfg)
   tx = optim.make_optimizer(cfg, plan.steps * cfg.num_epochs)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
@@ -250,6 +245,22 @@ def _resume_or_start(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   metrics.log(f"resuming {workdir} after epoch {run.epoch} (best so far: epoch "
               f"{run.best_epoch}, val accuracy {run.best_val_accuracy:.4f})")
   return state.replace(**tree), best, run
+
+
+def _agreed_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path,
+                  pseudo_labels: PseudoLabels | None) -> build.Split:
+  """`_training_split` on every process: a missing or bad file on one ends them all, and they
+  must hold the same digits."""
+  split = distributed.fail_together(lambda: _training_split(cfg, data_dir, pseudo_labels))
+  distributed.check_same("training data (sha256 of train.csv's digits)", split.digest)
+  return split
+
+
+def _prepare_workdir(workdir: pathlib.Path) -> None:
+  """Creates the run directory and deletes the temp files that killed writes left in it."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  for tmp in files.remove_stale_temps(workdir):
+    metrics.log(f"removed {tmp}: a temp file that a killed write left")
 
 
 def _training_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path,
