@@ -136,7 +136,8 @@ def score(submission: PathLike, answers: PathLike | None = None,
   return predict_lib.score(pathlib.Path(submission), pathlib.Path(answers))
 
 
-def report(workdir: PathLike, data_dir: PathLike | None = None, digit: int = 7) -> pathlib.Path:
+def report(workdir: PathLike, data_dir: PathLike | None = None,
+           digit: int | None = None) -> pathlib.Path:
   """Figures of a trained run in WORKDIR/report/; returns the path of its index.md."""
   from dr_jax import report as report_lib, xla
 

@@ -74,7 +74,7 @@ def train_rate(cfg: ml_collections.ConfigDict, batch: int, num_steps: int,
   n = max(batch * k, 1024)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
-  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
+  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n), data.NUM_CLASSES))
   state = train.init_state(cfg, optim.make_optimizer(cfg, calls * k), jax.random.key(0))
   preprocess = build.preprocess(cfg, 0.0, 255.0, train=True)
   mesh = parallel.data_mesh(batch)

@@ -18,6 +18,7 @@ import numpy as np
 
 from dr_jax import augment, data, models, provenance, steps
 from dr_jax.config import check_value
+from dr_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,8 @@ class Split:
   """All labelled images, each member's train/validation rows, and the normalisation."""
 
   images: np.ndarray
-  labels: np.ndarray
+  labels: np.ndarray  # Indices into `classes`: the models' output positions.
+  classes: tuple[int, ...]  # The label values in train.csv, increasing.
   train_idx: np.ndarray  # (members, n_train)
   val_idx: np.ndarray  # (members, n_val)
   shift: float
@@ -39,7 +41,8 @@ class Split:
     return data.Digits(self.images[self.val_idx[0]], self.labels[self.val_idx[0]])
 
   def with_training_rows(self, images: np.ndarray, labels: np.ndarray) -> Split:
-    """The split with extra training rows for every member; validation rows unchanged."""
+    """The split with extra training rows (labels as indices into `classes`) for every member;
+    validation rows unchanged."""
     n = len(self.images)
     extra = np.broadcast_to(np.arange(n, n + len(labels)), (self.train_idx.shape[0], len(labels)))
     return dataclasses.replace(
@@ -52,18 +55,80 @@ def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""
   source = data.find_csv(data_dir, "train.csv")
   digits = data.load_csv(source, with_labels=True, nan_policy=cfg.data.nan_policy,
-                         fill_value=cfg.data.fill_value)
+                         fill_value=cfg.data.fill_value,
+                         image_shape=tuple(cfg.data.get("image_shape", ())),
+                         header=cfg.data.get("header", True))
   images, labels = digits.images, digits.labels
   assert labels is not None  # with_labels=True
   if cfg.data.subset:
     images, labels = images[: cfg.data.subset], labels[: cfg.data.subset]
+  found = _classes(cfg, labels, source)
+  labels = np.searchsorted(found, labels).astype(np.int32)
   members = cfg.ensemble.size
   seeds = [cfg.seed + m if cfg.ensemble.own_split else cfg.seed for m in range(members)]
   parts = [data.split_indices(labels, cfg.data.val_fraction, seed) for seed in seeds]
   train_idx = np.stack([p[0] for p in parts])
   shift, scale = data.normalization_stats(images[train_idx[0]], cfg.data.normalization)
-  return Split(images, labels, train_idx, np.stack([p[1] for p in parts]), shift, scale, source,
-               data.digest(digits))
+  return Split(images, labels, found, train_idx, np.stack([p[1] for p in parts]), shift, scale,
+               source, data.digest(digits))
+
+
+def _classes(cfg: ml_collections.ConfigDict, labels: np.ndarray,
+             source: pathlib.Path) -> tuple[int, ...]:
+  """The label values of `labels`, checked against data.num_classes and data.classes."""
+  values, counts = np.unique(labels, return_counts=True)
+  found = tuple(int(c) for c in values)
+  if (counts < 2).any():
+    lone = [int(c) for c in values[counts < 2]]
+    raise UserError(f"{source}: label(s) {_some(lone)} have only one image; a stratified split "
+                    "needs at least 2 of each label (one for validation): fix or remove those "
+                    "rows")
+  wanted = cfg.data.get("num_classes", 0)
+  if wanted and found != tuple(range(wanted)):
+    none = sorted(set(range(wanted)) - set(found))
+    outside = [c for c in found if c >= wanted]
+    parts = ([f"no image of label(s) {_some(none)}"] if none else []) + \
+        ([f"label(s) {_some(outside)} outside 0..{wanted - 1}"] if outside else [])
+    raise UserError(f"{source}: data.num_classes={wanted} needs images of each label "
+                    f"0..{wanted - 1} and no other, but it has {'; '.join(parts)}; fix the data "
+                    "or set --config.data.num_classes=0 to take the labels it has")
+  recorded = tuple(cfg.data.get("classes", ()))
+  if recorded and found != recorded:
+    raise UserError(f"{source}: has the labels {_some(found)}, but data.classes is "
+                    f"{_some(recorded)}; a run predicts exactly the labels it trained on")
+  return found
+
+
+def _some(values: tuple[int, ...] | list[int]) -> str:
+  """Up to ten values, then how many more."""
+  more = f" and {len(values) - 10} more" if len(values) > 10 else ""
+  return ", ".join(map(str, values[:10])) + more
+
+
+# The keys `resolve` fills from the data when a config leaves them ().
+RESOLVED_KEYS = ("data.classes", "data.image_shape")
+
+
+def resolve(cfg: ml_collections.ConfigDict, split: Split) -> ml_collections.ConfigDict:
+  """`cfg` with what train.csv decided: its labels (data.classes) and image shape."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.data.classes = split.classes
+  cfg.data.image_shape = tuple(int(n) for n in split.images.shape[1:])
+  return cfg
+
+
+def classes(cfg: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The label of each model output: a run's (its config.json), or for a config that has read
+  no data, 0..data.num_classes-1 (the Digit Recognizer's ten by default)."""
+  return tuple(cfg.data.get("classes", ())) or \
+      tuple(range(cfg.data.get("num_classes", 0) or data.NUM_CLASSES))
+
+
+def image_shape(cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(height, width, channels) of a run's images, or data.image_shape, or the Digit
+  Recognizer's 28×28×1 for a config that has read no data."""
+  shape = tuple(cfg.data.get("image_shape", ())) or data.IMAGE_SHAPE
+  return shape[0], shape[1], shape[2]
 
 
 def load_run_split(workdir: pathlib.Path,
@@ -78,7 +143,9 @@ def load_run_split(workdir: pathlib.Path,
 def load_test(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> data.Digits:
   """test.csv's images under the config's NaN policy (the rows a submission must cover)."""
   return data.load_csv(data.find_csv(data_dir, "test.csv"), with_labels=False,
-                       nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value)
+                       nan_policy=cfg.data.nan_policy, fill_value=cfg.data.fill_value,
+                       image_shape=tuple(cfg.data.get("image_shape", ())),
+                       header=cfg.data.get("header", True))
 
 
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
@@ -91,8 +158,9 @@ def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
 
 
 def model(cfg: ml_collections.ConfigDict) -> nn.Module:
-  """The configured Flax module."""
-  return models.create_model(cfg.model.name, cfg.model.dtype, **cfg.model.kwargs.to_dict())
+  """The configured Flax module, one output per class."""
+  return models.create_model(cfg.model.name, cfg.model.dtype, num_classes=len(classes(cfg)),
+                             **cfg.model.kwargs.to_dict())
 
 
 def loops_members(vectorize: str) -> bool:

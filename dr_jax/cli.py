@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
   p = add("summary", "Print a config's model: layers, parameters and FLOPs.")
   add_config(p)
+  p.add_argument("--data-dir", type=pathlib.Path, metavar="DIR",
+                 help="size the model for this data's images and labels (default: "
+                 "data.image_shape and data.num_classes, else 28×28×1 and 10)")
 
   p = add("run", "fetch → train → predict → score, the whole pipeline on one machine.")
   add_data_dir(p)
@@ -145,8 +148,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("run_dir", type=pathlib.Path, nargs="?", metavar="WORKDIR", help="the run")
   p.add_argument("--workdir", type=pathlib.Path, help="WORKDIR, as the other commands take it")
   add_data_dir(p, follows_run=True)
-  p.add_argument("--digit", type=int, choices=range(10), default=7,
-                 help="feature maps of the first validation image with this label")
+  p.add_argument("--digit", type=int, default=None, metavar="LABEL",
+                 help="feature maps of the first validation image with this label (default: 7, "
+                 "or the first label when the data has no 7)")
   return parser
 
 
@@ -208,7 +212,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "summary":
     from dr_jax import build, models
 
-    print(models.summary(build.model(cfg)))
+    if args.data_dir is not None:
+      cfg = build.resolve(cfg, build.load_split(cfg, args.data_dir))
+    height, width, channels = shape = build.image_shape(cfg)
+    print(f"input {height}×{width}×{channels} images; {len(build.classes(cfg))} classes")
+    print(models.summary(build.model(cfg), shape))
   elif args.command == "run":
     _run_all(args, cfg)
   elif args.command == "bench":

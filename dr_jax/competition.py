@@ -65,9 +65,11 @@ def submit_command(path: pathlib.Path, message: str, competition: str = COMPETIT
           f"{shlex.quote(str(path))} -m {shlex.quote(message)}")
 
 
-def submission_file(target: pathlib.Path) -> pathlib.Path:
-  """`target` itself, or a run directory's submission.csv, checked to be a valid submission."""
-  from dr_jax.predict import read_labels  # Here: it imports jax, which submitting never needs.
+def submission_file(target: pathlib.Path, competition: str = COMPETITION) -> pathlib.Path:
+  """`target` itself, or a run directory's submission.csv, checked to be a valid submission
+  (with the Digit Recognizer's header when it goes there)."""
+  # Here: predict imports jax, which submitting never needs.
+  from dr_jax.predict import HEADER, read_labels
 
   target = pathlib.Path(target)
   path = target / "submission.csv" if target.is_dir() else target
@@ -75,7 +77,8 @@ def submission_file(target: pathlib.Path) -> pathlib.Path:
     fix = f"`dr-jax predict --workdir {target}` writes it" if target.is_dir() else \
         "pass a run directory or a submission CSV"
     raise UserError(f"{path} not found; {fix}")
-  read_labels(path, "submission")  # A malformed file fails here, not after an upload.
+  # A malformed file fails here, not after an upload.
+  read_labels(path, "submission", HEADER if competition == COMPETITION else None)
   return path
 
 
@@ -84,7 +87,7 @@ def submit(target: pathlib.Path, message: str, competition: str = COMPETITION) -
   if not message.strip():
     raise UserError("submit: the message (-m) is empty; describe the submission, e.g. "
                     "-m \"strided CNN, 30 epochs\"")
-  path = submission_file(target)
+  path = submission_file(target, competition)
   if not has_credentials():
     raise UserError(f"{NO_CREDENTIALS}; or submit by hand: "
                     f"{submit_command(path, message, competition)}")

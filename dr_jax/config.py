@@ -39,6 +39,7 @@ RANGES = {
     "data.val_fraction": (0, 1, "()"),
     "data.fill_value": (0, 255, "[]"),  # Filled cells become pixels.
     "data.subset": (0, math.inf, "[)"),
+    "data.num_classes": (0, math.inf, "[)"),  # 0: the labels train.csv has.
     "augment.rotation": (0, math.inf, "[)"),
     "augment.zoom": (0, 1, "[)"),
     "augment.shift": (0, 1, "[)"),
@@ -75,6 +76,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.fill_value = 0
   c.data.normalization = "unit"  # unit: /255 | centered: [-1, 1] | standardize: train mean/std.
   c.data.subset = 0  # Use only the first N training rows (0 = all): quick runs and tests.
+  c.data.header = True  # False: CSVs without a header (label first, then pixels by position).
+  # (height, width, channels) of the pixel columns, row-major; () = a square one-channel image.
+  c.data.image_shape = ()
+  # Fixes the label set to 0..N-1: train.csv must have images of each (0 = whatever it has).
+  c.data.num_classes = 0
+  # The label values, in the models' output order: train fills them from train.csv and records
+  # them in the run's config.json; a value set here must be exactly train.csv's labels.
+  c.data.classes = ()
 
   # Augmentation (applied on the fly inside the jitted step)
   c.augment = ml_collections.ConfigDict()
@@ -326,5 +335,20 @@ def check(config: ml_collections.ConfigDict) -> None:
   from dr_jax import augment, models
 
   augment.check_tta(config.predict.tta, f"config predict.tta={config.predict.tta}")
+  _check_data_layout(config.data)
   # The chosen model's own options, so a typo fails now rather than when its run starts.
   models.check_options(config.model.name, config.model.kwargs.to_dict())
+
+
+def _check_data_layout(data: ml_collections.ConfigDict) -> None:
+  """data.image_shape is () or three positive integers; data.classes distinct non-negative ones."""
+  shape = data.image_shape
+  if shape != () and (len(shape) != 3 or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+    raise UserError(f"config data.image_shape={shape!r} must be () (a square one-channel image "
+                    "from the pixel count) or (height, width, channels), e.g. (32, 32, 3)")
+  classes = data.classes
+  if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes) or \
+      list(classes) != sorted(set(classes)):
+    raise UserError(f"config data.classes={classes!r} must list distinct non-negative integer "
+                    "labels in increasing order (or be () to take train.csv's)")

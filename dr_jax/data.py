@@ -1,4 +1,9 @@
-"""Kaggle CSV → validated uint8 arrays, plus the pure transforms (split, one-hot, scaling)."""
+"""MNIST-as-CSV files → validated uint8 arrays, plus the pure transforms (split, one-hot, scaling).
+
+The family's layout: an optional `label` column (training files), an optional id column (test
+files: `id` or `ImageId`), and pixel columns `pixel0..pixelN-1` or `pixel1..pixelN` in any
+column order, row-major over (height, width, channels).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import math
 import os
 import pathlib
+import re
 import sys
 import zipfile
 from typing import Any, Iterable, Iterator
@@ -21,12 +28,17 @@ from dr_jax import config
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_bytes, remove_stale_temps
 
+# The Digit Recognizer's, which a config describes before any data is read (build.image_shape).
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
-NUM_PIXELS = 28 * 28
-PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
+# Labels are stored as int32.
+LABEL_MAX = int(np.iinfo(np.int32).max)
+# A test file's id column, matched in any case: Kaggle's `id` (Kannada-MNIST) and `ImageId`.
+ID_COLUMNS = ("id", "imageid")
+_PIXEL = re.compile(r"pixel(\d+)")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # Bump when the parsed layout changes so stale caches are never read.
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 CHUNK_ROWS = 512  # Rows parsed at a time (see parse_csv).
 # Peak memory of parse_csv per byte of CSV text, with margin (docs/performance.md#parsing-memory).
 PEAK_PER_TEXT_BYTE = 2
@@ -34,20 +46,22 @@ PEAK_PER_TEXT_BYTE = 2
 
 @dataclasses.dataclass(frozen=True)
 class Digits:
-  """Images `(n, 28, 28, 1)` uint8 and labels `(n,)` int32 (None for a test file)."""
+  """Images `(n, height, width, channels)` uint8, labels `(n,)` int32 (None for a test file)
+  and a test file's id column `(n,)` int64 (None when it has none)."""
 
   images: np.ndarray
   labels: np.ndarray | None
+  ids: np.ndarray | None = None
 
 
-def _where(path: pathlib.Path, data_row: int) -> str:
-  """Names a data row the way an editor shows it: file line (header is line 1)."""
-  return f"{path}: line {data_row + 2} (data row {data_row + 1})"
+def _where(path: pathlib.Path, data_row: int, header: bool = True) -> str:
+  """Names a data row the way an editor shows it: file line (a header is line 1)."""
+  return f"{path}: line {data_row + 1 + header} (data row {data_row + 1})"
 
 
-def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
+def _rows_text(rows: np.ndarray, limit: int = 5, header: bool = True) -> str:
   """Lists the first few file lines of data rows, with a count of the rest."""
-  lines = ", ".join(str(int(r) + 2) for r in rows[:limit])
+  lines = ", ".join(str(int(r) + 1 + header) for r in rows[:limit])
   more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
   return f"line{'s' if len(rows) > 1 else ''} {lines}{more}"
 
@@ -109,8 +123,8 @@ def _pandas_errors(path: pathlib.Path) -> Iterator[None]:
     raise UserError(f"{path}: {_parser_message(str(e))}; every row needs the same columns "
                     "as the header") from None
   except pd.errors.EmptyDataError:
-    raise UserError(f"{path}: no header found; expected `label,pixel0,...,pixel783` "
-                    "(train) or `pixel0,...,pixel783` (test)") from None
+    raise UserError(f"{path}: no header found; expected `label,pixel0,...` (train) or "
+                    "`pixel0,...` (test)") from None
   except (UnicodeDecodeError, OSError, EOFError) as e:
     reason = str(e).splitlines()[0] if str(e) else ""
     raise UserError(f"{path}: cannot be read as a CSV ({type(e).__name__}: {reason}); is it a "
@@ -133,9 +147,29 @@ def _parser_message(message: str) -> str:
   return message.rstrip(".").replace("Expected", "expected")
 
 
-def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool) -> list[str]:
-  """Checks the header; returns the columns in Kaggle's order (the order to read them in)."""
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """The columns a file's values are read in (label, id, then pixels in order) and the image."""
+
+  columns: list[str]
+  with_labels: bool
+  id_column: str | None
+  shape: tuple[int, ...]
+
+  @property
+  def offset(self) -> int:
+    """Where the pixel values start in a row of `columns`."""
+    return int(self.with_labels) + int(self.id_column is not None)
+
+
+def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool,
+                   image_shape: tuple[int, ...] = ()) -> _Layout:
+  """Checks the header; returns the layout to read (pixel names from 0 or 1, any order)."""
   columns = [str(c).strip() for c in columns]
+  # pandas names a repeated header cell `0.1`: check for numbers first.
+  if all(_NUMBER.fullmatch(c) for c in columns):
+    raise UserError(f"{path}: the first line holds numbers, not column names; for a file "
+                    "without a header pass --config.data.header=false")
   # pandas renames a repeated header `pixel5` to `pixel5.1`; report the original name.
   repeated = sorted({c.rsplit(".", 1)[0] for c in columns
                      if "." in c and c.rsplit(".", 1)[0] in columns})
@@ -144,12 +178,21 @@ def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool) ->
                     "each column name must appear once")
   has_label = "label" in columns
   if with_labels and not has_label:
-    raise UserError(f"{path}: no `label` column; a training file needs `label,pixel0,...,pixel783` "
+    raise UserError(f"{path}: no `label` column; a training file needs `label,pixel0,...` "
                     "(is this a test file?)")
   if not with_labels and has_label:
-    raise UserError(f"{path}: has a `label` column; a test file holds only pixel0..pixel783 "
-                    "(is this a training file? pass it as train.csv)")
-  expected = (["label"] if with_labels else []) + list(PIXEL_COLUMNS)
+    raise UserError(f"{path}: has a `label` column; a test file holds only pixels and an "
+                    "optional id column (is this a training file? pass it as train.csv)")
+  numbers = sorted(int(m.group(1)) for c in columns if (m := _PIXEL.fullmatch(c)))
+  first = 1 if numbers and numbers[0] == 1 else 0
+  # Without image_shape, the smallest square holding the highest pixel number: a file that
+  # lost its last columns is then told which ones.
+  side = math.isqrt(numbers[-1] - first) + 1 if numbers else 28
+  count = math.prod(image_shape) if image_shape else side * side
+  pixels = [f"pixel{i}" for i in range(first, first + count)]
+  id_column = None if with_labels else next(
+      (c for c in columns if c.lower() in ID_COLUMNS), None)
+  expected = (["label"] if with_labels else []) + ([id_column] if id_column else []) + pixels
   missing = [c for c in expected if c not in columns]
   extra = [c for c in columns if c not in expected]
   if missing or extra:
@@ -160,18 +203,23 @@ def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool) ->
     if extra:
       parts.append(f"unexpected column(s) {', '.join(extra[:5])}"
                    + (f" and {len(extra) - 5} more" if len(extra) > 5 else ""))
+    lead = "".join(f"{c}," for c in expected[:len(expected) - len(pixels)])
+    shape = "" if image_shape else (f" ({side}×{side} pixels; for images that are not square "
+                                    "set --config.data.image_shape=HEIGHT,WIDTH,CHANNELS)")
     raise UserError(f"{path}: {'; '.join(parts)}; expected the header "
-                    f"`{'label,' if with_labels else ''}pixel0,...,pixel783`")
-  return expected
+                    f"`{lead}{pixels[0]},...,{pixels[-1]}`{shape}")
+  return _Layout(expected, with_labels, id_column, tuple(image_shape) or (side, side, 1))
 
 
 class _Lines:
   """A CSV's data lines read forward on demand: the raw text of the few rows an error names."""
 
-  def __init__(self, path: pathlib.Path):
+  def __init__(self, path: pathlib.Path, header: bool = True):
     opener: Any = gzip.open if path.suffix == ".gz" else open
     self._file = opener(path, "rt", encoding="utf-8-sig", newline="")
-    next(self._file, None)  # The header.
+    self.header = header
+    if header:
+      next(self._file, None)
     self._row, self._text = -1, ""
 
   def __enter__(self) -> _Lines:
@@ -197,13 +245,14 @@ def _short_rows(lines: dict[int, str], n_columns: int) -> list[tuple[int, int]]:
   return [(row, count) for row, count in counts if count != n_columns]
 
 
-def _fields_error(path: pathlib.Path, data_row: int, count: int, expected: int) -> UserError:
-  """The error for a row with another number of fields than the header (see _short_rows)."""
-  return UserError(f"{_where(path, data_row)}: has {count} fields, expected {expected} like the "
-                   "header; fix or remove that row")
+def _fields_error(path: pathlib.Path, data_row: int, count: int, expected: int,
+                  header: bool = True) -> UserError:
+  """The error for a row with another number of fields than the first (see _short_rows)."""
+  return UserError(f"{_where(path, data_row, header)}: has {count} fields, expected {expected} "
+                   f"like the {'header' if header else 'first line'}; fix or remove that row")
 
 
-def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
+def _nan_report(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) -> str:
   """Names the columns with empty/NaN cells and the lines they are on."""
   mask = frame.isna()
   by_column = mask.sum(axis=0)
@@ -211,13 +260,14 @@ def _nan_report(frame: pd.DataFrame, path: pathlib.Path) -> str:
   parts = []
   for column, count in list(bad_columns.items())[:3]:
     rows = frame.index[mask[column].to_numpy()].to_numpy()
-    parts.append(f"{column} ({count} cell{'s' if count > 1 else ''}: {_rows_text(rows)})")
+    lines = _rows_text(rows, header=header)
+    parts.append(f"{column} ({count} cell{'s' if count > 1 else ''}: {lines})")
   more = f" and {len(bad_columns) - 3} more column(s)" if len(bad_columns) > 3 else ""
   return (f"{path}: empty or NaN cells in {', '.join(parts)}{more}; fix the file, or set "
           "--config.data.nan_policy=drop (drop those rows) or =fill (use data.fill_value)")
 
 
-def _to_numbers(frame: pd.DataFrame, path: pathlib.Path) -> pd.DataFrame:
+def _to_numbers(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) -> pd.DataFrame:
   """Checks every non-empty cell is a decimal number (`True`, `0x10`, `abc` are errors)."""
   for column in frame.columns:
     cells = frame[column]
@@ -227,21 +277,21 @@ def _to_numbers(frame: pd.DataFrame, path: pathlib.Path) -> pd.DataFrame:
     numeric = pd.to_numeric(cells.astype(str).where(cells.notna()), errors="coerce")
     bad = np.flatnonzero(numeric.isna().to_numpy() & cells.notna().to_numpy())
     if len(bad):
-      raise UserError(f"{_where(path, frame.index[bad[0]])}: column {column} holds "
+      raise UserError(f"{_where(path, frame.index[bad[0]], header)}: column {column} holds "
                       f"{str(cells.iloc[bad[0]])!r}, not a number; every cell must be an integer")
     frame[column] = numeric
   return frame
 
 
 def _check_integers(values: np.ndarray, path: pathlib.Path, columns: list[str],
-                    rows: np.ndarray) -> None:
+                    rows: np.ndarray, header: bool = True) -> None:
   """Raises naming the first cell that holds a fraction."""
   fractional = np.flatnonzero((values != np.round(values)).any(axis=1))
   if len(fractional):
     row = fractional[0]
     col = int(np.flatnonzero(values[row] != np.round(values[row]))[0])
-    raise UserError(f"{_where(path, int(rows[row]))}: column {columns[col]} holds "
-                    f"{values[row, col]:g}, not an integer; pixels are 0..255 and labels 0..9")
+    raise UserError(f"{_where(path, int(rows[row]), header)}: column {columns[col]} holds "
+                    f"{values[row, col]:g}, not an integer; every cell must be an integer")
 
 
 @dataclasses.dataclass
@@ -250,7 +300,7 @@ class _OutOfRange:
 
   low: int
   high: int
-  what: str
+  what: str  # The rule, said after the value.
   first: tuple[int, str, float] | None = None  # (data row, column, value)
   count: int = 0
 
@@ -262,12 +312,12 @@ class _OutOfRange:
       self.first = (int(rows[row]), columns[col], float(values[row, col]))
     self.count += len(bad)
 
-  def check(self, path: pathlib.Path) -> None:
+  def check(self, path: pathlib.Path, header: bool = True) -> None:
     """Raises naming the first cell outside the range, if any."""
     if self.first is not None:
       row, column, value = self.first
-      raise UserError(f"{_where(path, row)}: column {column} is {value:g}, outside "
-                      f"{self.low}..{self.high}; {self.what} must lie in {self.low}..{self.high}"
+      raise UserError(f"{_where(path, row, header)}: column {column} is {value:g}, outside "
+                      f"{self.low}..{self.high}; {self.what}"
                       + (f" ({self.count} such cells in all)" if self.count > 1 else ""))
 
 
@@ -285,10 +335,10 @@ def _clean_block(frame: pd.DataFrame, path: pathlib.Path, lines: _Lines, nan_pol
   text = lines.get(np.union1d(frame.index[empty].to_numpy(), nan_index[:50]))
   short = _short_rows(text, frame.shape[1])
   if short:
-    raise _fields_error(path, *short[0], frame.shape[1])
+    raise _fields_error(path, *short[0], frame.shape[1], lines.header)
   # A blank line is dropped (its index keeps the line numbers); a row of empty cells is a row.
   frame = frame[~frame.index.isin([row for row, line in text.items() if not line.strip()])]
-  frame = _to_numbers(frame, path)
+  frame = _to_numbers(frame, path, lines.header)
   if not frame.isna().any(axis=None):
     return frame
   if nan_policy == "error":
@@ -296,17 +346,32 @@ def _clean_block(frame: pd.DataFrame, path: pathlib.Path, lines: _Lines, nan_pol
     return frame.dropna(axis=0)
   if nan_policy == "drop":
     return frame.dropna(axis=0)
-  if "label" in frame.columns and frame["label"].isna().any():
-    row = frame.index[frame["label"].isna().to_numpy()][0]
-    raise UserError(f"{_where(path, row)}: the label is empty; data.nan_policy=fill fills "
-                    "pixels only (a filled label would be a wrong answer): fix the row or use "
-                    "--config.data.nan_policy=drop")
+  for column in frame.columns[:2]:  # The label, or a test file's id, comes first.
+    if (column == "label" or column.lower() in ID_COLUMNS) and frame[column].isna().any():
+      row = frame.index[frame[column].isna().to_numpy()][0]
+      what = "label" if column == "label" else f"id ({column})"
+      raise UserError(f"{_where(path, row, lines.header)}: the {what} is empty; "
+                      "data.nan_policy=fill fills pixels only (a filled label or id would be "
+                      "wrong): fix the row or use --config.data.nan_policy=drop")
   return frame.fillna(fill_value)
 
 
+def _header(path: pathlib.Path, lines: _Lines, with_labels: bool, header: bool) -> list[str]:
+  """The file's column names: its header, or for a header-less file `label` (when labelled)
+  and pixel0.. by position."""
+  if header:
+    return list(_read_csv(path, nrows=0).columns)
+  fields = lines.get([0])[0].count(",") + 1
+  return ["label"] * with_labels + [f"pixel{i}" for i in range(fields - with_labels)]
+
+
 def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
-              fill_value: int = 0) -> Digits:
-  """Reads and validates a Kaggle-format CSV; every problem is a one-line `UserError`.
+              fill_value: int = 0, image_shape: tuple[int, ...] = (),
+              header: bool = True) -> Digits:
+  """Reads and validates an MNIST-as-CSV file; every problem is a one-line `UserError`.
+
+  `image_shape` `()` takes a square one-channel image from the pixel count. `header=False`
+  reads a file without a header: the label (training files) first, then the pixels.
 
   Reads `CHUNK_ROWS` rows at a time: pandas keeps about 8 bytes per cell while it parses, so
   a whole-file read peaks near 4× the file's size; by blocks the peak stays near the output's
@@ -316,23 +381,27 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   path = pathlib.Path(path)
   _check_file(path)
   _check_memory(path)
-  offset = 1 if with_labels else 0
-  pixels = _OutOfRange(0, 255, "pixels")
-  labels_range = _OutOfRange(0, NUM_CLASSES - 1, "labels")
+  pixels = _OutOfRange(0, 255, "pixels must lie in 0..255")
+  labels_range = _OutOfRange(0, LABEL_MAX, "labels are non-negative int32 integers")
   images: list[np.ndarray] = []
   labels: list[np.ndarray] = []
+  ids: list[np.ndarray] = []
+  kept_rows: list[np.ndarray] = []
   nan_rows: list[pd.DataFrame] = []
   seen = 0
-  with _pandas_errors(path), _Lines(path) as lines:
-    header = list(_read_csv(path, nrows=0).columns)
-    columns = _check_columns(header, path, with_labels)
+  with _pandas_errors(path), _Lines(path, header) as lines:
+    names = _header(path, lines, with_labels, header)
+    layout = _check_columns(names, path, with_labels, tuple(image_shape))
+    columns, offset = layout.columns, layout.offset
     # pandas silently turns the first column into an index when the first data row has one
     # field more than the header; checking that one line is cheap.
-    first = _short_rows(lines.get([0]), len(header))
+    first = _short_rows(lines.get([0]), len(names))
     if first:
-      raise _fields_error(path, *first[0], len(header))
-    for block in _read_csv(path, chunksize=CHUNK_ROWS):
-      if header != columns:
+      raise _fields_error(path, *first[0], len(names), header)
+    reader = _read_csv(path, chunksize=CHUNK_ROWS) if header else \
+        _read_csv(path, chunksize=CHUNK_ROWS, header=None, names=names)
+    for block in reader:
+      if names != columns:
         block.columns = [str(c).strip() for c in block.columns]
         block = block[columns]
       n_rows = len(block)
@@ -342,22 +411,40 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
         continue
       values = block.to_numpy(dtype=np.float64)
       rows = block.index.to_numpy()
-      _check_integers(values, path, columns, rows)
+      _check_integers(values, path, columns, rows, header)
       pixels.add(values[:, offset:], columns[offset:], rows)
       images.append(values[:, offset:].astype(np.uint8))
       if with_labels:
         labels_range.add(values[:, :1], columns[:1], rows)
-        labels.append(values[:, 0].astype(np.int32))
+        # Clipped: an out-of-range label is an error below, not an overflowing cast here.
+        labels.append(np.clip(values[:, 0], 0, LABEL_MAX).astype(np.int32))
+      if layout.id_column:
+        ids.append(values[:, 0].astype(np.int64))
+        kept_rows.append(rows)
   if nan_rows:
-    raise UserError(_nan_report(pd.concat(nan_rows), path))
+    raise UserError(_nan_report(pd.concat(nan_rows), path, header))
   if not images:
     if seen and nan_policy == "drop":
       raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
     raise UserError(f"{path}: has a header but no rows; expected one row per image")
-  pixels.check(path)
-  labels_range.check(path)
-  return Digits(images=np.concatenate(images).reshape((-1, *IMAGE_SHAPE)),
-                labels=np.concatenate(labels) if with_labels else None)
+  pixels.check(path, header)
+  labels_range.check(path, header)
+  id_values = np.concatenate(ids) if ids else None
+  if id_values is not None:
+    _check_unique_ids(id_values, np.concatenate(kept_rows), layout.id_column, path)
+  return Digits(images=np.concatenate(images).reshape((-1, *layout.shape)),
+                labels=np.concatenate(labels) if with_labels else None, ids=id_values)
+
+
+def _check_unique_ids(ids: np.ndarray, rows: np.ndarray, column: str | None,
+                      path: pathlib.Path) -> None:
+  """Raises naming the first id that two rows share, and both lines."""
+  order = np.argsort(ids, kind="stable")
+  same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+  if len(same):
+    a, b = sorted((int(rows[order[same[0]]]), int(rows[order[same[0] + 1]])))
+    raise UserError(f"{path}: {column} {int(ids[order[same[0]]])} is on lines {a + 2} and "
+                    f"{b + 2}; each test image needs its own id")
 
 
 def _file_hash(path: pathlib.Path) -> str:
@@ -370,10 +457,15 @@ def _file_hash(path: pathlib.Path) -> str:
 
 
 def digest(digits: Digits) -> str:
-  """sha256 of the parsed pixels and labels: the same however the CSV was saved (CRLF, gzip)."""
+  """sha256 of the parsed pixels, labels and ids: the same however the CSV was saved (CRLF,
+  gzip). The image shape counts too, so one file read as 28×28 and as 14×56 differs."""
   h = hashlib.sha256(np.ascontiguousarray(digits.images, np.uint8).tobytes())
+  if digits.images.shape[1:] != IMAGE_SHAPE:  # The Digit Recognizer's digests stay as they were.
+    h.update(repr(digits.images.shape[1:]).encode())
   if digits.labels is not None:
     h.update(np.ascontiguousarray(digits.labels, np.int32).tobytes())
+  if digits.ids is not None:
+    h.update(b"ids" + np.ascontiguousarray(digits.ids, np.int64).tobytes())
   return h.hexdigest()
 
 
@@ -385,26 +477,31 @@ def find_csv(data_dir: pathlib.Path, name: str) -> pathlib.Path:
 
 
 def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
-             fill_value: int = 0) -> Digits:
+             fill_value: int = 0, image_shape: tuple[int, ...] = (),
+             header: bool = True) -> Digits:
   """`parse_csv` with an `.npz` cache keyed by the file's hash, so a second load is near-instant."""
   path = pathlib.Path(path)
   if not path.is_file():
-    return parse_csv(path, with_labels, nan_policy, fill_value)
-  key = f"{_file_hash(path)[:20]}-{int(with_labels)}-{nan_policy}-{fill_value}-v{_CACHE_VERSION}"
+    return parse_csv(path, with_labels, nan_policy, fill_value, image_shape, header)
+  shape = "x".join(map(str, image_shape)) or "square"
+  key = (f"{_file_hash(path)[:20]}-{int(with_labels)}-{nan_policy}-{fill_value}-{shape}-"
+         f"{'header' if header else 'noheader'}-v{_CACHE_VERSION}")
   cache = path.parent / ".cache" / f"{path.name}.{key}.npz"
   if cache.parent.is_dir():
     remove_stale_temps(cache.parent)
   if cache.exists():
-    digits, problem = _read_cache(cache, with_labels)
+    digits, problem = _read_cache(cache, with_labels, tuple(image_shape))
     if digits is not None:
       return digits
     print(f"note: {cache}: {problem}; rebuilding it from {path.name}", file=sys.stderr)
-  digits = parse_csv(path, with_labels, nan_policy, fill_value)
+  digits = parse_csv(path, with_labels, nan_policy, fill_value, image_shape, header)
   buffer = io.BytesIO()
   # Any: numpy's stub would also let `**arrays` fill savez's keyword flags (a bool).
   arrays: dict[str, Any] = {"images": digits.images, "digest": np.array(digest(digits))}
   if digits.labels is not None:
     arrays["labels"] = digits.labels
+  if digits.ids is not None:
+    arrays["ids"] = digits.ids
   np.savez(buffer, **arrays)
   try:
     atomic_write_bytes(cache, buffer.getvalue())
@@ -413,22 +510,28 @@ def load_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   return digits
 
 
-def _read_cache(cache: pathlib.Path, with_labels: bool) -> tuple[Digits | None, str]:
+def _read_cache(cache: pathlib.Path, with_labels: bool,
+                image_shape: tuple[int, ...] = ()) -> tuple[Digits | None, str]:
   """The cached digits if they are what parse_csv returns (layout, ranges, the digest written
   with them); else None and what is wrong."""
   try:
     with np.load(cache, allow_pickle=False) as npz:
       images, recorded = npz["images"], str(npz["digest"])
       labels = npz["labels"] if with_labels else None
+      ids = npz["ids"] if "ids" in npz.files else None
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     return None, f"cannot be read ({type(e).__name__})"
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-    return None, f"holds images {images.dtype}{images.shape}, not uint8 (n, 28, 28, 1)"
+  if images.dtype != np.uint8 or images.ndim != 4 or (
+      image_shape and images.shape[1:] != image_shape):
+    want = "x".join(map(str, image_shape)) if image_shape else "height, width, channels"
+    return None, f"holds images {images.dtype}{images.shape}, not uint8 (n, {want})"
   if labels is not None and (labels.dtype != np.int32 or labels.shape != images.shape[:1]
-                             or labels.min(initial=0) < 0
-                             or labels.max(initial=0) >= NUM_CLASSES):
-    return None, f"holds labels {labels.dtype}{labels.shape} that are not one 0..9 per image"
-  digits = Digits(images=images, labels=labels)
+                             or labels.min(initial=0) < 0):
+    return None, (f"holds labels {labels.dtype}{labels.shape} that are not one non-negative "
+                  "int32 per image")
+  if ids is not None and (ids.dtype != np.int64 or ids.shape != images.shape[:1]):
+    return None, f"holds ids {ids.dtype}{ids.shape} that are not one int64 per image"
+  digits = Digits(images=images, labels=labels, ids=ids)
   if digest(digits) != recorded:
     return None, "does not match the digest written with it"
   return digits, ""
@@ -439,9 +542,9 @@ def split_indices(labels: np.ndarray, val_fraction: float,
   """Stratified train/validation row indices (scikit-learn), seeded; class proportions kept."""
   config.check_value("data.val_fraction", val_fraction)
   n_val = int(np.ceil(val_fraction * len(labels)))
-  counts = np.bincount(labels, minlength=NUM_CLASSES)
-  present = int((counts > 0).sum())
-  if n_val < present or len(labels) - n_val < present or (counts[counts > 0] < 2).any():
+  counts = np.unique(labels, return_counts=True)[1]
+  present = len(counts)
+  if n_val < present or len(labels) - n_val < present or (counts < 2).any():
     raise UserError(f"cannot split {len(labels)} images into train/validation with "
                     f"val_fraction={val_fraction}: each class needs at least 2 images and the "
                     f"validation set at least one per class ({present})")
@@ -457,7 +560,7 @@ def split(images: np.ndarray, labels: np.ndarray, val_fraction: float,
   return Digits(images[train_idx], labels[train_idx]), Digits(images[val_idx], labels[val_idx])
 
 
-def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Labels `(n,)` → float32 one-hot `(n, num_classes)`."""
   return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dr_jax import (augment, build, checkpoint, data, models, parallel, provenance, steps,
+from dr_jax import (augment, build, checkpoint, models, parallel, provenance, steps,
                     xla)
 from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
@@ -37,7 +37,8 @@ class Predictor:
   run: RunState | None = None  # The checkpoint's record, when loaded from one.
 
   def member_logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits `(members, n, 10)` for images `(n, 28, 28, 1)`, in fixed-size jitted batches.
+    """Logits `(members, n, classes)` for images `(n, height, width, channels)`, in fixed-size
+    jitted batches.
 
     Each batch is split across all devices (of every process); the logits come back whole.
     """
@@ -60,21 +61,21 @@ class Predictor:
 
   def probabilities(self, images: np.ndarray, tta: int | None = None, vote: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities `(n, 10)`: softmax averaged over members and `tta` transforms.
+    """Class probabilities `(n, classes)`: softmax averaged over members and `tta` transforms.
 
     `tta=None` uses the run's configured count. With `vote`, each member × transform casts
     one vote for its top class instead.
     """
     tta = self.tta if tta is None else tta
     augment.check_tta(tta, f"--tta {tta}")
-    total = np.zeros((len(images), data.NUM_CLASSES), np.float64)
-    for matrix in augment.tta_matrices(tta):
+    total = np.zeros((), np.float64)
+    for matrix in augment.tta_matrices(tta, *np.shape(images)[1:3]):
       view = images if tta == 1 else _warp_all(jnp.asarray(images, jnp.float32), matrix)
       logits = self.member_logits(np.asarray(view), batch_size)
       if vote:
-        total += np.eye(data.NUM_CLASSES)[logits.argmax(-1)].sum(axis=0)
+        total = total + np.eye(logits.shape[-1])[logits.argmax(-1)].sum(axis=0)
       else:
-        total += np.asarray(jax.nn.softmax(logits)).sum(axis=0)
+        total = total + np.asarray(jax.nn.softmax(logits)).sum(axis=0)
     return total / total.sum(axis=1, keepdims=True)
 
 
@@ -106,7 +107,8 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
   model = build.model(cfg)
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
     tree, run = ckpts.restore(kind)
-  _check_fits(model, tree["params"], workdir / "checkpoints" / kind / str(run.epoch))
+  _check_fits(model, build.image_shape(cfg), tree["params"],
+              workdir / "checkpoints" / kind / str(run.epoch))
   # Both kinds hold params (and batch_stats); `latest` also holds the optimizer state.
   variables = {"params": tree["params"]}
   if tree.get("batch_stats"):
@@ -119,9 +121,10 @@ def load_predictor(workdir: pathlib.Path, kind: str = "best") -> Predictor:
                    cfg.get("predict", {}).get("tta", 1), run)
 
 
-def _check_fits(model: nn.Module, params: dict, where: pathlib.Path) -> None:
+def _check_fits(model: nn.Module, image_shape: tuple[int, int, int], params: dict,
+                where: pathlib.Path) -> None:
   """Refuses parameters (stacked over members) of another architecture than `model`'s."""
-  expected = jax.eval_shape(lambda key: models.init_variables(model, key),
+  expected = jax.eval_shape(lambda key: models.init_variables(model, key, image_shape),
                             jax.random.key(0))["params"]
   layout = lambda tree: [(jax.tree_util.keystr(path), tuple(leaf.shape))
                          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]

@@ -70,7 +70,8 @@ def space_to_depth_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence
 
 
 class ClassicCNN(nn.Module):
-  """The classic Kaggle recipe: [Conv5×5 ×2, pool, drop] → [Conv3×3 ×2, pool, drop] → Dense → 10."""
+  """The classic Kaggle recipe: [Conv5×5 ×2, pool, drop] → [Conv3×3 ×2, pool, drop] → Dense →
+  one output per class."""
 
   widths: tuple[int, int] = (32, 64)
   dense: int = 256
@@ -78,6 +79,7 @@ class ClassicCNN(nn.Module):
   dropout_dense: float = 0.5
   batch_norm: bool = False
   pool: str = "reshape"
+  num_classes: int = 10
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
   @nn.compact
@@ -97,7 +99,7 @@ class ClassicCNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout_dense, deterministic=not train)(x)
-    return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class StridedCNN(nn.Module):
@@ -106,6 +108,7 @@ class StridedCNN(nn.Module):
   widths: tuple[int, int, int] = (32, 64, 128)
   dropout: float = 0.4
   space_to_depth: bool = True  # On CPU, train stride-2 convs as stride-1 ones: see below.
+  num_classes: int = 10
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -132,7 +135,7 @@ class StridedCNN(nn.Module):
     x = conv_bn(x, self.widths[2], 4)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(10, dtype=self.dtype)(x).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 # The names are config.MODELS (which config.check validates), in its order.
@@ -144,7 +147,8 @@ _DTYPES = {name: getattr(jnp, name) for name in config.DTYPES}
 def check_options(name: str, kwargs: dict[str, Any]) -> None:
   """Raises a one-line UserError for an unknown model or an option it does not take."""
   config.check_value("model.name", name)
-  fields = set(MODELS[name].__dataclass_fields__) - {"parent", "name"}
+  # num_classes follows the data (build.model), dtype is model.dtype.
+  fields = set(MODELS[name].__dataclass_fields__) - {"parent", "name", "num_classes"}
   unknown = sorted(set(kwargs) - fields)
   if unknown:
     raise UserError(f"model {name!r} has no option(s) {', '.join(unknown)}; it takes "
@@ -153,16 +157,29 @@ def check_options(name: str, kwargs: dict[str, Any]) -> None:
     _check_pool(kwargs["pool"])
 
 
-def create_model(name: str, dtype: str = "float32", **kwargs: Any) -> nn.Module:
+def create_model(name: str, dtype: str = "float32", num_classes: int = 10,
+                 **kwargs: Any) -> nn.Module:
   """Builds a registered model by name; the config's model section supplies `kwargs`."""
   check_options(name, kwargs)
   config.check_value("model.dtype", dtype)
-  return MODELS[name](dtype=_DTYPES[dtype], **kwargs)
+  return MODELS[name](dtype=_DTYPES[dtype], num_classes=num_classes, **kwargs)
 
 
-def init_variables(model: nn.Module, key: jax.Array) -> Mapping[str, Any]:
-  """Initialises parameters (and batch statistics) for 28×28×1 inputs."""
-  return model.init({"params": key}, jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+def init_variables(model: nn.Module, key: jax.Array,
+                   image_shape: tuple[int, int, int] = (28, 28, 1)) -> Mapping[str, Any]:
+  """Initialises parameters (and batch statistics) for inputs of `image_shape`."""
+  return model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def check_input(model: nn.Module, image_shape: tuple[int, int, int]) -> None:
+  """Refuses images a model's layers would shrink to nothing (e.g. the strided CNN under 25×25)."""
+  try:
+    jax.eval_shape(lambda key: init_variables(model, key, image_shape), jax.random.key(0))
+  except (ZeroDivisionError, ValueError, TypeError) as e:  # What flax and lax raise for empty maps.
+    height, width, channels = image_shape
+    raise UserError(f"model {type(model).__name__} cannot take {height}×{width}×{channels} "
+                    f"images ({type(e).__name__}: its layers shrink them to nothing); the "
+                    "classic CNN takes images from 4×4, the strided one from 25×25") from None
 
 
 def count_params(params: Any) -> int:
@@ -170,8 +187,8 @@ def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def summary(model: nn.Module) -> str:
+def summary(model: nn.Module, image_shape: tuple[int, int, int] = (28, 28, 1)) -> str:
   """Layer table with output shapes, parameter counts and FLOPs (like Keras' `model.summary()`)."""
   table = nn.tabulate(model, jax.random.key(0), compute_flops=True, compute_vjp_flops=True,
                       console_kwargs={"width": 140, "force_terminal": False})
-  return table(jnp.zeros((1, 28, 28, 1), jnp.float32), train=False)
+  return table(jnp.zeros((1, *image_shape), jnp.float32), train=False)

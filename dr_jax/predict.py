@@ -9,16 +9,54 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dr_jax import augment, build, distributed, evaluate, provenance
+from dr_jax import augment, build, data, distributed, evaluate, provenance
 from dr_jax.evaluate import Predictor
 from dr_jax.errors import UserError
 from dr_jax.files import atomic_write_text
 
 
-def submission_text(labels: np.ndarray) -> str:
-  """Kaggle's format: `ImageId,Label` with 1-based ImageIds, one row per test image."""
-  rows = "".join(f"{i},{int(label)}\n" for i, label in enumerate(labels, start=1))
-  return "ImageId,Label\n" + rows
+# The Digit Recognizer's submission header, used when the data has no sample_submission.csv.
+HEADER = ("ImageId", "Label")
+SAMPLE = "sample_submission.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmissionFormat:
+  """A competition's submission: its two column names and the id of each test image."""
+
+  header: tuple[str, str]
+  ids: np.ndarray
+
+
+def submission_format(data_dir: pathlib.Path, test: data.Digits) -> SubmissionFormat:
+  """The header of DATA_DIR/sample_submission.csv (else `ImageId,Label`) and the ids of
+  test.csv's id column (else the sample's ids in order, else 1, 2, …)."""
+  sample_path = data.find_csv(data_dir, SAMPLE)
+  n = len(test.images)
+  if not sample_path.exists():
+    return SubmissionFormat(HEADER, test.ids if test.ids is not None else np.arange(1, n + 1))
+  sample = read_labels(sample_path, "sample submission")
+  header = (str(sample.index.name), str(sample.name))
+  if test.ids is None:
+    if len(sample) != n:
+      raise UserError(f"{sample_path}: has {len(sample)} rows and test.csv {n} images (after "
+                      "data.nan_policy), and test.csv has no id column to match them by; "
+                      "the two must come from the same competition")
+    return SubmissionFormat(header, sample.index.to_numpy())
+  unknown = np.setdiff1d(test.ids, sample.index.to_numpy())
+  if len(unknown):
+    raise UserError(f"{sample_path}: lacks {len(unknown)} of test.csv's ids (first "
+                    f"{int(unknown[0])}); the two must come from the same competition")
+  return SubmissionFormat(header, test.ids)
+
+
+def submission_text(labels: np.ndarray, ids: np.ndarray | None = None,
+                    header: tuple[str, str] = HEADER) -> str:
+  """One `id,label` row per test image under `header`; ids default to 1, 2, … (Kaggle's
+  Digit Recognizer)."""
+  ids = np.arange(1, len(labels) + 1) if ids is None else ids
+  rows = "".join(f"{int(i)},{int(label)}\n" for i, label in zip(ids, labels, strict=True))
+  return ",".join(header) + "\n" + rows
 
 
 def predict(workdir: pathlib.Path, data_dir: pathlib.Path, out: pathlib.Path | None = None,
@@ -58,11 +96,16 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
   hold. `tta=None` uses each run's predict.tta.
   """
   _check_out(pathlib.Path(out), workdirs, data_dir)
-  total, predictors = None, []
+  total, predictors, classes, layout = None, [], None, None
   for workdir in workdirs:
     predictor = evaluate.load_predictor(workdir)
     cfg = provenance.read_config(workdir)
+    if classes is not None and build.classes(cfg) != classes:
+      raise UserError(f"{workdir}: predicts the labels {build.classes(cfg)}, the runs before "
+                      f"it {classes}; blend runs trained on the same labels")
+    classes = build.classes(cfg)
     test = build.load_test(cfg, data_dir)
+    layout = layout or submission_format(data_dir, test)  # Before the work, so errors come first.
     probs = predictor.members * predictor.probabilities(test.images, tta=tta, vote=vote)
     if total is not None and probs.shape != total.shape:
       raise UserError(f"{workdir}: its data settings keep {len(probs)} test images, the runs "
@@ -70,8 +113,10 @@ def blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path, out: pathlib
     total = probs if total is None else total + probs
     predictors.append(predictor)
   if distributed.is_primary():  # Every process holds all the labels; one writes them.
-    assert total is not None, "blend needs at least one run"
-    atomic_write_text(out, submission_text(total.argmax(axis=-1)))
+    assert total is not None and classes is not None and layout is not None, \
+        "blend needs at least one run"
+    labels = np.asarray(classes)[total.argmax(axis=-1)]  # Outputs → the labels train.csv has.
+    atomic_write_text(out, submission_text(labels, layout.ids, layout.header))
   return pathlib.Path(out), predictors
 
 
@@ -129,26 +174,31 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   return Validation(tuple(ttas), member_errors, ensemble_errors, split.val_idx.shape[1])
 
 
-def read_labels(path: pathlib.Path, role: str) -> pd.Series:
-  """Reads an `ImageId,Label` file into a Series indexed by ImageId, validated."""
+def read_labels(path: pathlib.Path, role: str,
+                header: tuple[str, str] | None = None) -> pd.Series:
+  """Reads a two-column `id,label` CSV (`header`'s names when given) into a Series of labels
+  indexed by id, named after its columns, validated."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise UserError(f"{role} file {path} not found")
   try:
-    # As text: a cell is judged as the file writes it (`4.0` and `3.5` are not ImageIds).
+    # As text: a cell is judged as the file writes it (`4.0` and `3.5` are not ids).
     frame = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise UserError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[-1]})") from None
-  if list(frame.columns) != ["ImageId", "Label"]:
-    names = list(map(str, frame.columns))
+  names = [str(c).strip() for c in frame.columns]
+  if len(names) != 2 or (header is not None and tuple(names) != header):
     # A test.csv passed by mistake has 784 names: show where it goes wrong, not all of them.
-    header = ",".join(names) if len(names) <= 4 else \
+    shown = ",".join(names) if len(names) <= 4 else \
         f"{','.join(names[:3])},… ({len(names)} columns)"
-    raise UserError(f"{path}: header is {header}; expected the 2 columns ImageId,Label")
+    expected = ",".join(header) if header else "an id and a label, e.g. ImageId,Label"
+    raise UserError(f"{path}: header is {shown}; expected the 2 columns {expected}")
+  frame.columns = names
+  id_column, label_column = names
   if frame.empty:
-    raise UserError(f"{path}: has a header but no rows; expected one ImageId,Label row per "
-                    "test image")
-  for column in ("ImageId", "Label"):
+    raise UserError(f"{path}: has a header but no rows; expected one {id_column},{label_column} "
+                    "row per test image")
+  for column in names:
     cells = frame[column].str.strip()
     bad = np.flatnonzero(~cells.str.fullmatch(r"[+-]?\d+").to_numpy(bool))
     if len(bad):
@@ -156,25 +206,31 @@ def read_labels(path: pathlib.Path, role: str) -> pd.Series:
       raise UserError(f"{path}: line {row + 2}: {column} must be an integer, got "
                       f"{frame[column].iloc[row]!r}")
     frame[column] = cells.astype(np.int64)
-  dupes = frame["ImageId"][frame["ImageId"].duplicated()]
+  dupes = frame[id_column][frame[id_column].duplicated()]
   if len(dupes):
-    raise UserError(f"{path}: ImageId {int(dupes.iloc[0])} appears more than once "
-                    f"({len(dupes)} duplicate row(s)); each ImageId must appear once")
-  return frame.set_index("ImageId")["Label"]
+    raise UserError(f"{path}: {id_column} {int(dupes.iloc[0])} appears more than once "
+                    f"({len(dupes)} duplicate row(s)); each {id_column} must appear once")
+  return frame.set_index(id_column)[label_column]
 
 
 def score(submission: pathlib.Path, answers: pathlib.Path) -> float:
-  """Accuracy of a submission against an answers file, like Kaggle's leaderboard."""
+  """Accuracy of a submission against an answers file with the same header, like Kaggle's
+  leaderboard."""
   predicted = read_labels(submission, "submission")
   truth = read_labels(answers, "answers")
+  header = (str(truth.index.name), str(truth.name))
+  if (str(predicted.index.name), str(predicted.name)) != header:
+    raise UserError(f"{submission}: header is {predicted.index.name},{predicted.name}; expected "
+                    f"the 2 columns {','.join(header)} like {answers}")
+  id_column = header[0]
   missing = truth.index.difference(predicted.index)
   extra = predicted.index.difference(truth.index)
   if len(missing) or len(extra):
     parts = []
     if len(missing):
-      parts.append(f"{len(missing)} ImageId(s) missing (first {int(missing[0])})")
+      parts.append(f"{len(missing)} {id_column}(s) missing (first {int(missing[0])})")
     if len(extra):
-      parts.append(f"{len(extra)} unknown ImageId(s) (first {int(extra[0])})")
+      parts.append(f"{len(extra)} unknown {id_column}(s) (first {int(extra[0])})")
     raise UserError(f"{submission}: {'; '.join(parts)}; a submission needs exactly one row for "
-                    f"each of the {len(truth)} ImageIds in {answers}")
+                    f"each of the {len(truth)} {id_column}s in {answers}")
   return float((predicted.loc[truth.index].to_numpy() == truth.to_numpy()).mean())

@@ -94,14 +94,21 @@ RESUMABLE_KEYS = ("predict.tta", "train.eval_batch_size", "train.early_stop", "t
 PER_EPOCH_SCHEDULES = ("plateau", "constant", "exponential")
 
 
+_IMPLIED_BEFORE_RECORDED = {"data.classes": tuple(range(10)), "data.image_shape": (28, 28, 1)}
+
+
 def check_config(workdir: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
   """Refuses to resume `workdir` under a config that changes what the run is (its split, model,
   optimizer, data, seed or members), naming each key that differs."""
-  from dr_jax.config import flatten  # Here: provenance is read by commands that need no config.
+  # Here: provenance is read by commands that need no config.
+  from dr_jax.config import flatten, get_base_config
 
   if not (pathlib.Path(workdir) / "config.json").exists():
     return
-  before, now = flatten(read_config(workdir)), flatten(cfg)
+  # A key the run's config.json lacks did not exist when it started: it had the value that
+  # version of dr_jax implied, the default (runs before data.classes were all 28×28 digits).
+  implied = flatten(get_base_config()) | _IMPLIED_BEFORE_RECORDED
+  before, now = implied | flatten(read_config(workdir)), flatten(cfg)
   allowed = set(RESUMABLE_KEYS)
   if now.get("schedule.name") in PER_EPOCH_SCHEDULES:
     allowed.add("num_epochs")

@@ -24,7 +24,7 @@ class PseudoLabels:
   teacher: pathlib.Path
   threshold: float
   images: np.ndarray
-  labels: np.ndarray
+  labels: np.ndarray  # Label values (as train.csv writes them, not output positions).
   test_rows: int  # Images in test.csv (after the NaN policy).
   test_digest: str
   val_right: int  # The teacher's own validation images at that confidence: right,
@@ -77,6 +77,6 @@ def teacher_labels(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Ps
   val_probs = predictor.probabilities(val.images)
   val_keep = confident(val_probs, threshold)
   right = int((val_probs.argmax(axis=1) == val.labels)[val_keep].sum())
-  return PseudoLabels(teacher, threshold, test.images[keep],
-                      probs.argmax(axis=1)[keep].astype(val.labels.dtype), len(test.images),
+  labels = np.asarray(split.classes, np.int32)[probs.argmax(axis=1)[keep]]  # Label values.
+  return PseudoLabels(teacher, threshold, test.images[keep], labels, len(test.images),
                       data.digest(test), right, int(val_keep.sum()), len(val.labels))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import pathlib
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -32,8 +32,7 @@ WORST_ERRORS = 24
 
 # Pure computations.
 
-def confusion_counts(labels: np.ndarray, predicted: np.ndarray,
-                     num_classes: int = data.NUM_CLASSES) -> np.ndarray:
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
   """Counts `(num_classes, num_classes)`: row = true label, column = predicted label."""
   flat = np.asarray(labels, np.int64) * num_classes + np.asarray(predicted, np.int64)
   return np.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
@@ -60,7 +59,8 @@ def first_conv_kernel(params: dict) -> np.ndarray:
 
 def feature_maps(apply_fn: Callable, variables: dict, image: jax.Array,
                  preprocess: steps.Preprocess) -> dict[str, jax.Array]:
-  """Each conv layer's output `(H, W, C)` for one uint8 image `(28, 28, 1)`, in call order."""
+  """Each conv layer's output `(H, W, C)` for one uint8 image `(height, width, channels)`, in
+  call order."""
   x = data.normalize(jnp.asarray(image)[None], preprocess.shift, preprocess.scale)
   _, state = apply_fn(variables, x, train=False,
                       capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv),
@@ -71,11 +71,19 @@ def feature_maps(apply_fn: Callable, variables: dict, image: jax.Array,
 
 
 def first_with_label(labels: np.ndarray, digit: int) -> int:
-  """Index of the first row labelled `digit`."""
+  """Index of the first row labelled `digit` (label values, not class indices)."""
   found = np.flatnonzero(np.asarray(labels) == digit)
   if not len(found):
     raise UserError(f"no validation image has label {digit}; pass another --digit")
   return int(found[0])
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+  """One image: grey for one channel, colour for three, the first channel otherwise."""
+  if image.shape[-1] == 3:
+    ax.imshow(image)
+  else:
+    ax.imshow(image[:, :, 0], cmap="gray")
 
 
 # Figures (matplotlib's Agg canvas directly: headless, and no pyplot global state).
@@ -119,8 +127,8 @@ def plot_learning_curves(records: list[dict]) -> Figure:
   return fig
 
 
-def plot_confusion(counts: np.ndarray) -> Figure:
-  """The confusion matrix with every non-zero count written in its cell."""
+def plot_confusion(counts: np.ndarray, classes: tuple[int, ...] | None = None) -> Figure:
+  """The confusion matrix with every non-zero count written in its cell, ticks named by label."""
   fig = _figure("confusion_matrix")
   ax = fig.subplots()
   image = ax.imshow(counts, cmap="Blues")
@@ -130,8 +138,9 @@ def plot_confusion(counts: np.ndarray) -> Figure:
       ax.text(pred, true, str(count), ha="center", va="center", fontsize=8,
               color="white" if count > counts.max() / 2 else "black")
   ticks = range(len(counts))
-  ax.set_xticks(ticks)
-  ax.set_yticks(ticks)
+  names = [str(c) for c in (classes or ticks)]
+  ax.set_xticks(ticks, names)
+  ax.set_yticks(ticks, names)
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   errors = int(counts.sum() - np.trace(counts))
@@ -140,22 +149,25 @@ def plot_confusion(counts: np.ndarray) -> Figure:
 
 
 def plot_worst_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                      indices: np.ndarray) -> Figure:
-  """The given misclassified images, each titled true → predicted (confidence)."""
+                      indices: np.ndarray, classes: tuple[int, ...] | None = None) -> Figure:
+  """The given misclassified images, each titled true → predicted (confidence); `labels` are
+  label values, `probs` columns follow `classes` (default 0, 1, …)."""
+  classes = classes or tuple(range(probs.shape[-1]))
   fig = _figure("worst_errors")
   if not len(indices):
     fig.text(0.5, 0.5, "no misclassified validation images", ha="center", va="center")
     return fig
   for ax, i in zip(_grid(fig, len(indices)), indices):
     pred = int(probs[i].argmax())
-    ax.imshow(images[i, :, :, 0], cmap="gray")
-    ax.set_title(f"true {labels[i]} → {pred}\n{probs[i, pred]:.1%}", fontsize=9)
+    _show(ax, images[i])
+    ax.set_title(f"true {labels[i]} → {classes[pred]}\n{probs[i, pred]:.1%}", fontsize=9)
   fig.suptitle("most confident validation errors")
   return fig
 
 
 def plot_filters(kernel: np.ndarray, which: str = "") -> Figure:
-  """First-layer filters `(kh, kw, 1, C)`, one cell each; `which` names the network."""
+  """First-layer filters `(kh, kw, channels, C)` on the first input channel, one cell each;
+  `which` names the network."""
   fig = _figure("conv1_filters")
   # One symmetric colour scale for all filters, so their weights compare across cells.
   limit = float(np.abs(kernel).max()) or 1.0
@@ -170,7 +182,7 @@ def plot_digit(image: np.ndarray, title: str) -> Figure:
   """One input image."""
   fig = _figure("digit")
   ax = fig.subplots()
-  ax.imshow(image[:, :, 0], cmap="gray")
+  _show(ax, image)
   ax.set_axis_off()
   ax.set_title(title, fontsize=9)
   return fig
@@ -202,21 +214,25 @@ def _test_accuracy(workdir: pathlib.Path, data_dir: pathlib.Path) -> float | Non
   return None
 
 
-def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -> pathlib.Path:
+def make_report(workdir: pathlib.Path, data_dir: pathlib.Path,
+                digit: int | None = None) -> pathlib.Path:
   """Writes the figures and `index.md` into WORKDIR/report/ and returns index.md's path."""
   workdir, data_dir = pathlib.Path(workdir), pathlib.Path(data_dir)
   records = metrics.read_metrics(workdir)
   # The split is rebuilt from the run's own config so "validation" means the same images.
   cfg, split = build.load_run_split(workdir, data_dir)
   predictor = evaluate.load_predictor(workdir)
-  images, labels = split.val.images, split.val.labels
-  assert labels is not None  # A split's rows are all labelled.
+  images, indices = split.val.images, split.val.labels
+  assert indices is not None  # A split's rows are all labelled.
+  labels = np.asarray(split.classes)[indices]  # Label values, as the figures name them.
+  if digit is None:
+    digit = 7 if 7 in split.classes else split.classes[0]
   own_split = cfg.ensemble.own_split and predictor.members > 1
   # As `dr-jax predict` computes them (the run's TTA); with own splits, only member 0 never
   # trained on these images.
   probs = (predictor.member(0) if own_split else predictor).probabilities(images)
-  counts = confusion_counts(labels, probs.argmax(axis=-1))
-  worst = worst_errors(labels, probs, WORST_ERRORS)
+  counts = confusion_counts(indices, probs.argmax(axis=-1), len(split.classes))
+  worst = worst_errors(indices, probs, WORST_ERRORS)
   chosen = first_with_label(labels, digit)
   # Filters and feature maps belong to one network: an ensemble's first member.
   member = jax.tree.map(lambda x: x[0], predictor.variables)
@@ -225,8 +241,8 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path, digit: int = 7) -
 
   out = workdir / "report"
   figures = {"learning_curves": plot_learning_curves(records),
-             "confusion_matrix": plot_confusion(counts),
-             "worst_errors": plot_worst_errors(images, labels, probs, worst),
+             "confusion_matrix": plot_confusion(counts, split.classes),
+             "worst_errors": plot_worst_errors(images, labels, probs, worst, split.classes),
              "conv1_filters": plot_filters(first_conv_kernel(member["params"]), which),
              "digit": plot_digit(images[chosen], f"validation image {chosen} (label {digit})")}
   for name, value in maps.items():

@@ -31,9 +31,10 @@ class Preprocess:
   scale: float = 255.0
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+                 image_shape: tuple[int, int, int] = (28, 28, 1)) -> TrainState:
   """Initialises parameters, batch statistics and optimizer state from `key`."""
-  initial = models.init_variables(model, key)
+  initial = models.init_variables(model, key, image_shape)
   return TrainState.create(apply_fn=model.apply, params=initial["params"], tx=tx,
                            batch_stats=initial.get("batch_stats", {}))
 

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dr_jax import config, metrics, predict, provenance, pseudo, report, train
+from dr_jax.build import RESOLVED_KEYS
 from dr_jax.errors import UserError
 from dr_jax.fetch import ANSWERS_FILE
 from dr_jax.files import atomic_write_text
@@ -105,7 +106,9 @@ def _check_same_config(run: Run) -> None:
   if not (run.run_dir / "config.json").is_file():
     return
   saved, wanted = (config.flatten(provenance.read_config(run.run_dir)), config.flatten(run.cfg))
-  diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+  # What train.csv decided is recorded (build.resolve); a sweep's () asks for exactly that.
+  diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k)
+                and not (k in RESOLVED_KEYS and wanted.get(k) == ()))
   if diff:
     key = diff[0]
     raise UserError(f"{run.run_dir} was trained with {key}={saved.get(key)!r}, this sweep has "

@@ -39,10 +39,10 @@ class TrainingDiverged(UserError):
 
 def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.TrainState:
   """Independently initialised members, stacked along a leading axis."""
-  model = build.model(cfg)
+  model, shape = build.model(cfg), build.image_shape(cfg)
   keys = jax.random.split(key, cfg.ensemble.size)
-  return build.member_map(lambda k: steps.create_state(model, tx, k), cfg.ensemble.size, (0,),
-                          cfg.ensemble.vectorize)(keys)
+  return build.member_map(lambda k: steps.create_state(model, tx, k, shape), cfg.ensemble.size,
+                          (0,), cfg.ensemble.vectorize)(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,8 @@ def compile_program(cfg: ml_collections.ConfigDict, split: build.Split, state: s
                     mesh: jax.sharding.Mesh, plan: EpochPlan) -> Program:
   """Puts the data on the devices and compiles the train calls for `plan`."""
   replicated, batch_sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  images, targets = jax.device_put((split.images, data.one_hot(split.labels)), replicated)
+  targets = data.one_hot(split.labels, len(split.classes))
+  images, targets = jax.device_put((split.images, targets), replicated)
   calls = compile_train_steps(cfg, state, images, targets, batch_sharded,
                               build.preprocess(cfg, split.shift, split.scale, train=True),
                               plan.call_sizes)
@@ -165,6 +166,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   mesh = parallel.data_mesh(cfg.batch_size)
   metrics.log(f"loading data from {data_dir}…")
   split = _agreed_split(cfg, data_dir, pseudo_labels)
+  cfg = build.resolve(cfg, split)  # The labels and image shape train.csv has.
+  models.check_input(build.model(cfg), build.image_shape(cfg))
   _prepare_workdir(workdir)  # Only once the data is known to be good.
   plan = epoch_plan(split.train_idx.shape[1], cfg)
   tx = optim.make_optimizer(cfg, plan.steps * cfg.num_epochs)
@@ -274,7 +277,13 @@ def _training_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path,
   if pseudo_labels is None:
     return split
   metrics.log(pseudo_labels.describe())
-  return split.with_training_rows(pseudo_labels.images, pseudo_labels.labels)
+  unknown = np.setdiff1d(pseudo_labels.labels, split.classes)
+  if len(unknown):
+    raise UserError(f"pseudo.teacher={cfg.pseudo.teacher} predicts label {int(unknown[0])}, "
+                    "which train.csv does not have; the teacher must be trained on the same "
+                    "labels")
+  return split.with_training_rows(pseudo_labels.images,
+                                  np.searchsorted(split.classes, pseudo_labels.labels))
 
 
 def _set_epoch_lr(cfg: ml_collections.ConfigDict, state: steps.TrainState, run: RunState,

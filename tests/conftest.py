@@ -73,6 +73,52 @@ def write_kaggle_dir(path: pathlib.Path, n_train: int = 400, n_test: int = 100,
   return path
 
 
+def family_images(n: int, shape: tuple[int, int, int], classes: tuple[int, ...],
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """`n` noisy uint8 images `shape` (flattened row-major) whose label is where a bright block
+  sits on a grid with one cell per class; labels cycle through `classes`."""
+  rng = np.random.default_rng(seed)
+  labels = np.array(classes)[np.arange(n) % len(classes)]
+  rng.shuffle(labels)
+  height, width, channels = shape
+  cols = int(np.ceil(np.sqrt(len(classes))))
+  cell_h, cell_w = height // cols, width // cols
+  images = rng.integers(0, 60, (n, *shape), dtype=np.uint8)
+  for image, label in zip(images, labels):
+    row, col = divmod(classes.index(int(label)), cols)
+    image[row * cell_h: (row + 1) * cell_h, col * cell_w: (col + 1) * cell_w] = 255
+  return images.reshape(n, -1), labels
+
+
+def write_family_dir(path: pathlib.Path, shape: tuple[int, int, int] = (28, 28, 1),
+                     classes: tuple[int, ...] = tuple(range(10)), first_pixel: int = 0,
+                     ids_from: int | None = None, header: bool = True, n_train: int = 400,
+                     n_test: int = 60, seed: int = 0) -> pathlib.Path:
+  """A dataset of the MNIST-as-CSV family: pixel names from `first_pixel`; with `ids_from`,
+  test.csv has an `id` column counting from it and sample_submission.csv / test_answers.csv
+  are `id,label` (else no sample and `ImageId,Label` answers from 1); `header=False` writes
+  train.csv and test.csv without a header."""
+  path.mkdir(parents=True, exist_ok=True)
+  images, labels = family_images(n_train + n_test, shape, classes, seed)
+  pixels = ",".join(f"pixel{first_pixel + i}" for i in range(images.shape[1]))
+  train = np.column_stack([labels[:n_train], images[:n_train]])
+  test = images[n_train:]
+  ids = np.arange(1, n_test + 1) if ids_from is None else np.arange(ids_from, ids_from + n_test)
+  test_header = pixels
+  if ids_from is not None:
+    test, test_header = np.column_stack([ids, test]), "id," + pixels
+    (path / "sample_submission.csv").write_text(
+        csv_text("id,label", np.column_stack([ids, np.zeros(n_test, int)])))
+  for name, head, rows in (("train.csv", "label," + pixels, train),
+                           ("test.csv", test_header, test)):
+    text = csv_text(head, rows)
+    (path / name).write_text(text if header else text.split("\n", 1)[1])
+  answers = "id,label" if ids_from is not None else "ImageId,Label"
+  (path / "test_answers.csv").write_text(
+      csv_text(answers, np.column_stack([ids, labels[n_train:]])))
+  return path
+
+
 # Plain SGD without dropout or augmentation: a smooth update, so parameters after a few steps on
 # several devices or processes differ from 1 device only by float summation order (RMSprop's
 # g/sqrt(v) near v = 0 amplifies that noise into sign flips, which would hide a real difference).

@@ -6,9 +6,10 @@ import json
 import pathlib
 import shutil
 
+import pandas as pd
 import pytest
 
-from conftest import cli_isolation
+from conftest import cli_isolation, write_family_dir
 from dr_jax import api, config
 from dr_jax.errors import UserError
 
@@ -120,3 +121,39 @@ def test_predict_score_validate_and_report_follow_the_runs_data(trained, tmp_pat
       summary["best_val_accuracy"])
   index = api.report(workdir)
   assert index == workdir / "report" / "index.md" and index.is_file()
+
+
+# Datasets of the MNIST-as-CSV family (conftest.write_family_dir) and the overrides each needs.
+SIGN_LANGUAGE = tuple(c for c in range(25) if c != 9)  # 24 classes, label 9 unused.
+FAMILY = [
+    pytest.param({"ids_from": 0}, [], id="ids-from-0-sample-submission"),
+    pytest.param({"first_pixel": 1, "classes": SIGN_LANGUAGE}, [], id="pixel1-24-classes-gap"),
+    pytest.param({"shape": (32, 32, 1)}, [], id="32x32"),
+    pytest.param({"shape": (16, 16, 3), "header": False},
+                 ["data.image_shape=(16, 16, 3)", "data.header=false"], id="headerless-16x16x3"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout, overrides", FAMILY)
+def test_a_dataset_of_the_family_trains_predicts_and_scores(tmp_path, cli_env, layout, overrides):
+  data = write_family_dir(tmp_path / "data", **layout)
+  workdir = tmp_path / "run"
+  cfg = config.apply_overrides(config.load_config(REPO / "experiments" / "tiny.py"),
+                               [*TINY, "num_epochs=3", *overrides])
+  with cli_isolation(cli_env):
+    api.train(cfg, workdir, data)
+    submission = api.predict(workdir, data)
+    accuracy = api.score(submission.path, data_dir=data)
+  classes = sorted(layout.get("classes", range(10)))
+  recorded = json.loads((workdir / "config.json").read_text())["data"]
+  assert recorded["classes"] == classes
+  assert recorded["image_shape"] == list(layout.get("shape", (28, 28, 1)))
+  frame = pd.read_csv(submission.path)
+  answers = pd.read_csv(data / "test_answers.csv")
+  # The competition's header and ids: sample_submission.csv's, else ImageId,Label from 1.
+  assert list(frame.columns) == list(answers.columns)
+  assert frame.iloc[:, 0].tolist() == answers.iloc[:, 0].tolist()
+  assert set(frame.iloc[:, 1]) <= set(classes)  # Only labels train.csv has.
+  assert accuracy == (frame.iloc[:, 1] == answers.iloc[:, 1]).mean()
+  assert accuracy > 0.5  # A bright block per class: learnable in three epochs.

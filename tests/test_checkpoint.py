@@ -1,7 +1,9 @@
 """Tests of dr_jax.checkpoint (damaged checkpoints are covered by the CLI tests)."""
 
 import pathlib
+from typing import NamedTuple
 
+import jax
 import numpy as np
 import pytest
 
@@ -96,12 +98,108 @@ def test_a_linked_checkpoint_directory_is_refused_and_its_target_untouched(tmp_p
 def test_an_unwritable_checkpoint_directory_is_refused(tmp_path, monkeypatch):
   root = tmp_path / "checkpoints"
   (root / "best").mkdir(parents=True)
+  asked = []
   # Permission bits do not stop root; the check asks the OS (os.access), so ask it that way.
-  monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: pathlib.Path(path) != root)
-  with pytest.raises(UserError, match=rf"^{root}: not writable, so checkpoints cannot be saved"):
+  monkeypatch.setattr(checkpoint.os, "access",
+                      lambda path, mode: asked.append(mode) or pathlib.Path(path) != root)
+  with pytest.raises(UserError) as e:
     checkpoint.Checkpoints(tmp_path)
+  assert str(e.value) == (f"{root}: not writable, so checkpoints cannot be saved under {root}; "
+                          "fix its permissions or pass another --workdir")
+  assert set(asked) == {checkpoint.os.W_OK | checkpoint.os.X_OK}
   fresh = tmp_path / "fresh"
   fresh.mkdir()
   monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: pathlib.Path(path) != fresh)
   with pytest.raises(UserError, match=rf"^{fresh}: not writable"):
     checkpoint.Checkpoints(fresh)
+
+
+class _Moments(NamedTuple):
+  """A state node that is no dict, as optax's are."""
+
+  mu: np.ndarray
+  count: np.ndarray
+
+
+def test_resume_restores_the_types_of_the_state_it_is_given(tmp_path):
+  state = {"opt": _Moments(np.ones(3, np.float32), np.array(4, np.int32)), "w": _tree(1)["w"]}
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save_epoch(state, {"w": _tree(2)["w"]}, _run(1, 1, 0.5))
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    restored, best, _ = ckpts.resume(state, {"w": _tree(0)["w"]})
+  assert isinstance(restored["opt"], _Moments) and int(restored["opt"].count) == 4
+  assert restored["opt"].count.dtype == np.int32 and best["w"][0, 0] == 2
+
+
+def test_restore_without_a_target_rebuilds_arrays_on_the_first_device(tmp_path):
+  tree = {"a": np.arange(6, dtype=np.int32).reshape(3, 2), "b": {"c": np.full(4, 0.5, np.float32)}}
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save("best", tree, _run(2, 2, 0.7))
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    restored, run = ckpts.restore("best")
+  assert run.epoch == 2
+  for got, want in ((restored["a"], tree["a"]), (restored["b"]["c"], tree["b"]["c"])):
+    assert isinstance(got, jax.Array) and got.dtype == want.dtype
+    assert got.sharding == jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_only_the_newest_checkpoint_of_each_kind_stays_on_disk(tmp_path):
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    for epoch in (1, 2, 3):
+      ckpts.save_epoch(_tree(epoch), _tree(epoch), _run(epoch, epoch, 0.5))
+      ckpts.wait()
+  for kind in checkpoint.KINDS:
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / kind).iterdir()) == ["3"]
+
+
+def test_a_reader_creates_and_cleans_nothing_a_trainer_cleans_its_temp_directories(tmp_path):
+  with checkpoint.Checkpoints(tmp_path / "empty", read_only=True) as ckpts:
+    assert ckpts.latest_epoch("best") is None
+  assert not (tmp_path / "empty").exists()
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save("best", _tree(1), _run(1, 1, 0.5))
+  left = tmp_path / "checkpoints" / "best" / "2.orbax-checkpoint-tmp-1234"  # A killed save's.
+  left.mkdir()
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    assert ckpts.latest_epoch("best") == 1
+  assert left.is_dir()
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    assert ckpts.latest_epoch("best") == 1
+  assert not left.exists()
+
+
+def test_restore_messages_word_for_word(tmp_path, monkeypatch):
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    with pytest.raises(UserError) as e:
+      ckpts.restore("latest")
+  root = (tmp_path / "checkpoints").absolute()
+  assert str(e.value) == (f"no latest checkpoint in {root / 'latest'}; train first with "
+                          f"`dr-jax train --config FILE --workdir {root.parent}`")
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save("best", _tree(1), _run(4, 4, 0.5))
+  where = root / "best" / "4"
+  for raised, shown in ((ValueError("bad bytes\nmore"), "ValueError: bad bytes"),
+                        (OSError(), "OSError: OSError"),
+                        (KeyError("k" * 200), "KeyError: '" + "k" * 156 + "...")):
+    def fail(manager, epoch, target, raised=raised):
+      raise raised
+    monkeypatch.setattr(checkpoint.Checkpoints, "_quiet_restore", staticmethod(fail))
+    with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+      with pytest.raises(UserError) as e:
+        ckpts.restore("best")
+    assert str(e.value) == (f"{where}: checkpoint cannot be read ({shown}); it is damaged or "
+                            "from another model: delete it, or retrain")
+
+
+def test_a_damaged_checkpoint_is_one_error_and_nothing_on_stderr(tmp_path, capfd):
+  with checkpoint.Checkpoints(tmp_path) as ckpts:
+    ckpts.save("best", _tree(1), _run(1, 1, 0.5))
+  for data in (tmp_path / "checkpoints" / "best" / "1").rglob("*"):
+    if data.is_file() and "d" in data.parent.name and data.stat().st_size > 0:
+      data.write_bytes(b"\0" * data.stat().st_size)  # The arrays' bytes.
+  capfd.readouterr()
+  with checkpoint.Checkpoints(tmp_path, read_only=True) as ckpts:
+    with pytest.raises(UserError, match="checkpoint cannot be read"):
+      ckpts.restore("best", target=_tree(0))
+  assert capfd.readouterr().err == ""

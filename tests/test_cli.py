@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import call_main, cli_isolation
+from conftest import call_main, cli_isolation, write_family_dir
 from dr_jax import augment, build, cli, config, evaluate, predict, provenance
 from dr_jax.errors import UserError
 
@@ -192,6 +192,19 @@ def test_summary_prints_parameter_count(cli_main):
   code, out, err = cli_main("summary", "--config", TINY)
   assert code == 0, err
   assert "887,530" in out
+  assert out.startswith("input 28×28×1 images; 10 classes\n")
+
+
+def test_summary_sizes_the_model_for_the_data_or_the_config(cli_main, tmp_path):
+  data = write_family_dir(tmp_path / "data", shape=(32, 32, 1),
+                          classes=tuple(c for c in range(25) if c != 9), n_train=240, n_test=4)
+  code, out, err = cli_main("summary", "--config", TINY, "--data-dir", data)
+  assert code == 0, err
+  assert out.startswith("input 32×32×1 images; 24 classes\n") and "float32[1,24]" in out
+  code, out, err = cli_main("summary", "--config", TINY, "--config.data.image_shape=(16, 16, 3)",
+                            "--config.data.num_classes=5")
+  assert code == 0, err
+  assert out.startswith("input 16×16×3 images; 5 classes\n") and "float32[1,5]" in out
 
 
 @pytest.mark.slow
@@ -272,8 +285,10 @@ def _gzip_bytes(lines):
                  ["train.csv", "line 4", "pixel19", "holds 1.5,"], id="fraction"),
     pytest.param(lambda lines: set_cell(lines, 3, 51, "300"),
                  ["train.csv", "line 5", "pixel50", "300"], id="pixel-300"),
+    pytest.param(lambda lines: set_cell(lines, 5, 0, "-12"),
+                 ["train.csv", "line 7", "label", "-12"], id="label-negative"),
     pytest.param(lambda lines: set_cell(lines, 5, 0, "12"),
-                 ["train.csv", "line 7", "label", "12"], id="label-12"),
+                 ["train.csv", "label(s) 12 have only one image"], id="label-12-alone"),
     pytest.param(_gzip_bytes, ["train.csv", "cannot be read"], id="gzip-named-csv"),
 ])
 def test_train_rejects_bad_data(cli_main, data, guarded, tmp_path, make_train, fragments):
@@ -404,7 +419,7 @@ def test_predict_on_corrupt_checkpoint_index(run_cli, workdir_copy, data):
                  id="wrong-header"),
     pytest.param(lambda lines: [",".join(f"pixel{i}" for i in range(784))] + lines[1:],
                  ["header is pixel0,pixel1,pixel2,… (784 columns); expected the 2 columns "
-                  "ImageId,Label"], id="test-csv-header"),
+                  "an id and a label, e.g. ImageId,Label"], id="test-csv-header"),
 ])
 def test_score_rejects_bad_submission(cli_main, predicted, data, tmp_path, edit, fragments):
   bad = tmp_path / "bad.csv"
@@ -852,6 +867,7 @@ def test_run_without_config_trains_experiments_default(cli_main, data, tmp_path)
   assert code == 0, err
   expected = config.apply_overrides(config.load_config(REPO / "experiments" / "default.py"),
                                     [arg.removeprefix("--config.") for arg in DEFAULT_TINY])
+  expected.data.classes, expected.data.image_shape = tuple(range(10)), (28, 28, 1)  # The data's.
   assert config.flatten(provenance.read_config(workdir)) == config.flatten(expected)
   lines = out.strip().splitlines()
   assert lines[0] == f"submission:  {workdir / 'submission.csv'}"

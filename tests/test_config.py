@@ -197,6 +197,10 @@ BAD_VALUES = [
     ("schedule.decay", 0.0), ("schedule.decay", 1.5), ("schedule.warmup_fraction", -0.1),
     ("schedule.warmup_fraction", 1.0), ("data.val_fraction", 0.0), ("data.val_fraction", 1.0),
     ("data.subset", -1), ("data.fill_value", 256), ("data.fill_value", -1),
+    ("data.num_classes", -1), ("data.image_shape", (28, 28)), ("data.image_shape", (28, 0, 1)),
+    ("data.image_shape", (28, 28.0, 1)), ("data.image_shape", (28, True, 1)),
+    ("data.classes", (1, 0)), ("data.classes", (0, 0)), ("data.classes", (-1, 0)),
+    ("data.classes", (0, 1.5)),
     ("augment.rotation", -10.0), ("augment.shift", 1.0), ("augment.shift", -0.1),
     ("augment.zoom", 1.5), ("predict.tta", 0), ("predict.tta", 10),
     ("pseudo.threshold", 0.0), ("pseudo.threshold", 1.5), ("optimizer.lr", float("nan")),
@@ -220,7 +224,8 @@ def test_bad_values_cover_every_choice_and_range():
     ("data.val_fraction", 0.5), ("data.subset", 0), ("schedule.decay", 1.0),
     ("schedule.warmup_fraction", 0.0), ("schedule.patience", 0), ("schedule.min_lr", 0.0),
     ("optimizer.momentum", 0.9), ("augment.rotation", 0.0), ("data.fill_value", 255),
-    ("pseudo.threshold", 1.0), ("model.dtype", "bfloat16")])
+    ("pseudo.threshold", 1.0), ("model.dtype", "bfloat16"), ("data.num_classes", 24),
+    ("data.image_shape", (32, 24, 3)), ("data.classes", (0, 1, 3, 24))])
 def test_check_accepts_values_at_the_edges(key, value):
   c = config_mod.get_base_config()
   set_key(c, key, value)

@@ -231,9 +231,9 @@ def test_pixel_out_of_range_names_column_line_value_and_range(tmp_path, value):
 
 def test_label_out_of_range(tmp_path):
   rows = make_rows(3)
-  rows[2][0] = 10
-  user_error(write_csv(tmp_path / "train.csv", rows), r"\blabel\b", r"\bline 4\b", r"\b10\b",
-             r"0\.\.9")
+  rows[2][0] = -1
+  user_error(write_csv(tmp_path / "train.csv", rows), r"\blabel\b", r"\bline 4\b", r"-1\b",
+             r"non-negative")
 
 
 @pytest.mark.parametrize("column,value", [(0, "2.5"), (300, "17.25")])
@@ -295,7 +295,7 @@ def test_nan_policy_fill_never_fills_a_label(tmp_path):
   with pytest.raises(UserError) as e:
     data.parse_csv(path, True, nan_policy="fill", fill_value=7)
   assert str(e.value) == (f"{path}: line 4 (data row 3): the label is empty; data.nan_policy=fill "
-                          "fills pixels only (a filled label would be a wrong answer): fix the "
+                          "fills pixels only (a filled label or id would be wrong): fix the "
                           "row or use --config.data.nan_policy=drop")
   assert len(data.parse_csv(path, True, nan_policy="drop").labels) == 3
 
@@ -349,8 +349,7 @@ def test_error_messages_word_for_word(tmp_path):
   rows = make_rows(4)
   rows[1][0] = 2.5
   assert _message(tmp_path / "g.csv", rows) == (
-      "line 3 (data row 2): column label holds 2.5, not an integer; pixels are 0..255 and labels "
-      "0..9")
+      "line 3 (data row 2): column label holds 2.5, not an integer; every cell must be an integer")
   rows = make_rows(4)
   rows[3][9] = "0x10"
   assert _message(tmp_path / "h.csv", rows) == (
@@ -366,14 +365,18 @@ def test_header_and_file_messages_word_for_word(tmp_path):
       "must appear once")
   write_csv(tmp_path / "b.csv", make_rows(2, False), PIXELS)
   assert _error(tmp_path / "b.csv", True) == (
-      "no `label` column; a training file needs `label,pixel0,...,pixel783` (is this a test file?)")
+      "no `label` column; a training file needs `label,pixel0,...` (is this a test file?)")
   write_csv(tmp_path / "c.csv", make_rows(2))
   assert _error(tmp_path / "c.csv", False) == (
-      "has a `label` column; a test file holds only pixel0..pixel783 (is this a training file? "
-      "pass it as train.csv)")
+      "has a `label` column; a test file holds only pixels and an optional id column (is this a "
+      "training file? pass it as train.csv)")
   assert _error(tmp_path / "none.csv", True) == (
       f"file not found; run `dr-jax fetch --data-dir {tmp_path}` or pass --data-dir with Kaggle's "
       "train.csv/test.csv")
+
+
+_SQUARE = (" (28×28 pixels; for images that are not square set "
+           "--config.data.image_shape=HEIGHT,WIDTH,CHANNELS)")
 
 
 def test_column_messages_word_for_word(tmp_path):
@@ -383,11 +386,11 @@ def test_column_messages_word_for_word(tmp_path):
   assert _error(tmp_path / "a.csv", True) == (
       "missing column(s) pixel778, pixel779, pixel780, pixel781, pixel782 and 1 more; unexpected "
       "column(s) extra0, extra1, extra2, extra3, extra4 and 1 more; expected the header "
-      "`label,pixel0,...,pixel783`")
+      f"`label,pixel0,...,pixel783`{_SQUARE}")
   write_csv(tmp_path / "b.csv", [], PIXELS[:-5] + ["pixel5x", "x.1"])
   assert _error(tmp_path / "b.csv", False) == (
       "missing column(s) pixel779, pixel780, pixel781, pixel782, pixel783; unexpected column(s) "
-      "pixel5x, x.1; expected the header `pixel0,...,pixel783`")
+      f"pixel5x, x.1; expected the header `pixel0,...,pixel783`{_SQUARE}")
   write_csv(tmp_path / "c.csv", [], TRAIN_COLUMNS + ["pixel5"])  # Read back as pixel5.1.
   assert _error(tmp_path / "c.csv", True).startswith("duplicate column(s) pixel5 in the header")
 
@@ -658,23 +661,22 @@ def _rewrite_cache(cache, **arrays):
     np.savez(f, **entries)
 
 
-_NOT_ONE_LABEL = "that are not one 0..9 per image"
+_NOT_ONE_LABEL = "that are not one non-negative int32 per image"
+_NOT_IMAGES = "not uint8 (n, height, width, channels)"
 _DIGEST = "does not match the digest written with it"
 
 
 @pytest.mark.parametrize("tamper,problem", [
     (lambda images, labels: {"images": images.astype(np.int16)},
-     "holds images int16(4, 28, 28, 1), not uint8 (n, 28, 28, 1)"),
+     f"holds images int16(4, 28, 28, 1), {_NOT_IMAGES}"),
     (lambda images, labels: {"images": images.reshape(len(images), 784)},
-     "holds images uint8(4, 784), not uint8 (n, 28, 28, 1)"),
-    # The same bytes in another shape: the digest alone would accept it.
-    (lambda images, labels: {"images": images.reshape(len(images), 14, 56, 1)},
-     "holds images uint8(4, 14, 56, 1), not uint8 (n, 28, 28, 1)"),
+     f"holds images uint8(4, 784), {_NOT_IMAGES}"),
+    # The same bytes in another shape: the digest names the shape too.
+    (lambda images, labels: {"images": images.reshape(len(images), 14, 56, 1)}, _DIGEST),
     (lambda images, labels: {"labels": labels.astype(np.int64)},
      f"holds labels int64(4,) {_NOT_ONE_LABEL}"),
     (lambda images, labels: {"labels": labels[:-1]}, f"holds labels int32(3,) {_NOT_ONE_LABEL}"),
-    (lambda images, labels: {"labels": np.where(labels == labels.max(), 10, labels)},
-     f"holds labels int32(4,) {_NOT_ONE_LABEL}"),
+    (lambda images, labels: {"labels": np.where(labels == labels.max(), 10, labels)}, _DIGEST),
     (lambda images, labels: {"labels": labels - 1}, f"holds labels int32(4,) {_NOT_ONE_LABEL}"),
     (lambda images, labels: {"images": 255 - images}, _DIGEST),
     (lambda images, labels: {"digest": np.array("0" * 64)}, _DIGEST)])
@@ -819,7 +821,7 @@ def test_split_rejects_too_small_training_set():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=1, max_size=50))
 def test_one_hot(labels):
-  encoded = data.one_hot(np.array(labels))
+  encoded = data.one_hot(np.array(labels), 10)
   assert encoded.shape == (len(labels), 10) and encoded.dtype == np.float32
   np.testing.assert_array_equal(encoded.sum(axis=1), 1.0)
   np.testing.assert_array_equal(encoded.argmax(axis=1), labels)
@@ -875,3 +877,137 @@ def test_find_csv_prefers_plain_then_gzip(tmp_path):
   assert data.find_csv(tmp_path, "train.csv") == tmp_path / "train.csv.gz"
   (tmp_path / "train.csv").write_text("")
   assert data.find_csv(tmp_path, "train.csv") == tmp_path / "train.csv"
+
+
+# Layouts of the MNIST-as-CSV family.
+
+def _columns_from(first, count=784):
+  return [f"pixel{first + i}" for i in range(count)]
+
+
+def test_pixel_names_from_one_read_the_same_images_as_from_zero(tmp_path):
+  rows = make_rows(5)
+  zero = data.parse_csv(write_csv(tmp_path / "zero.csv", rows), True)
+  one = data.parse_csv(write_csv(tmp_path / "one.csv", rows, ["label"] + _columns_from(1)), True)
+  np.testing.assert_array_equal(one.images, zero.images)
+  np.testing.assert_array_equal(one.labels, zero.labels)
+  # In any column order, by name: pixel784 is the last pixel, pixel1 the first.
+  order = np.random.default_rng(1).permutation(785)
+  columns = np.array(["label"] + _columns_from(1))[order].tolist()
+  shuffled = write_csv(tmp_path / "shuffled.csv", as_array(rows)[:, order].tolist(), columns)
+  np.testing.assert_array_equal(data.parse_csv(shuffled, True).images, zero.images)
+
+
+@pytest.mark.parametrize("pixels, shape", [(784, (28, 28, 1)), (1024, (32, 32, 1)),
+                                           (16, (4, 4, 1))])
+def test_a_square_pixel_count_gives_that_image(tmp_path, pixels, shape):
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 256, (3, pixels))
+  rows = np.column_stack([[0, 1, 0], values]).tolist()
+  digits = data.parse_csv(write_csv(tmp_path / "t.csv", rows, ["label"] + _columns_from(0, pixels)),
+                          True)
+  assert digits.images.shape == (3, *shape)
+  np.testing.assert_array_equal(digits.images.reshape(3, -1), values)
+
+
+def test_image_shape_lays_pixels_out_row_major_with_channels_last(tmp_path):
+  values = np.arange(2 * 4 * 6 * 3).reshape(2, 72) % 256
+  path = write_csv(tmp_path / "rgb.csv", values.tolist(), _columns_from(0, 72))
+  digits = data.parse_csv(path, False, image_shape=(4, 6, 3))
+  assert digits.images.shape == (2, 4, 6, 3)
+  # pixel k is (row, column, channel) = divmod chain of k over (6 × 3, 3).
+  assert digits.images[1, 2, 5, 1] == values[1, (2 * 6 + 5) * 3 + 1]
+  message = user_error(path, with_labels=False, image_shape=(4, 4, 3))
+  assert message.endswith("unexpected column(s) pixel48, pixel49, pixel50, pixel51, pixel52 and 19 "
+                          "more; expected the header `pixel0,...,pixel47`")
+
+
+def test_a_pixel_count_that_is_no_square_names_the_missing_columns(tmp_path):
+  path = write_csv(tmp_path / "t.csv", [[1] * 1020], _columns_from(0, 1020))
+  assert user_error(path, with_labels=False).endswith(
+      "missing column(s) pixel1020, pixel1021, pixel1022, pixel1023; expected the header "
+      "`pixel0,...,pixel1023` (32×32 pixels; for images that are not square set "
+      "--config.data.image_shape=HEIGHT,WIDTH,CHANNELS)")
+  # Told the layout, the same file reads.
+  assert data.parse_csv(path, False, image_shape=(30, 34, 1)).images.shape == (1, 30, 34, 1)
+
+
+@pytest.mark.parametrize("name", ["id", "ImageId", "ID", "imageid"])
+def test_a_test_files_id_column_is_read_as_ids_in_any_position(tmp_path, name):
+  pixels = make_rows(4, with_labels=False)
+  ids = [0, 7, 3, 100]
+  rows = [[*p[:5], i, *p[5:]] for p, i in zip(pixels, ids)]
+  path = write_csv(tmp_path / "test.csv", rows, PIXELS[:5] + [name] + PIXELS[5:])
+  digits = data.load_csv(path, False)
+  np.testing.assert_array_equal(digits.ids, ids)
+  assert digits.ids.dtype == np.int64
+  np.testing.assert_array_equal(digits.images.reshape(4, -1), pixels)
+  cached = data.load_csv(path, False)  # From the cache: the ids too.
+  np.testing.assert_array_equal(cached.ids, ids)
+  assert data.parse_csv(write_csv(tmp_path / "plain.csv", pixels, PIXELS), False).ids is None
+
+
+def test_id_errors_name_the_lines(tmp_path):
+  pixels = make_rows(4, with_labels=False)
+  rows = [[i, *p] for i, p in zip([5, 6, 7, 6], pixels)]
+  path = write_csv(tmp_path / "dup.csv", rows, ["id"] + PIXELS)
+  assert user_error(path, with_labels=False).endswith(
+      "id 6 is on lines 3 and 5; each test image needs its own id")
+  rows[3][0] = "x"
+  assert user_error(write_csv(tmp_path / "word.csv", rows, ["id"] + PIXELS),
+                    with_labels=False).endswith(
+      "line 5 (data row 4): column id holds 'x', not a number; every cell must be an integer")
+  rows[3][0] = ""
+  empty = write_csv(tmp_path / "empty.csv", rows, ["id"] + PIXELS)
+  assert user_error(empty, with_labels=False, nan_policy="fill").endswith(
+      "line 5 (data row 4): the id (id) is empty; data.nan_policy=fill fills pixels only (a "
+      "filled label or id would be wrong): fix the row or use --config.data.nan_policy=drop")
+  np.testing.assert_array_equal(data.parse_csv(empty, False, nan_policy="drop").ids, [5, 6, 7])
+  # A training file has no id column: there it is an unexpected column.
+  train = write_csv(tmp_path / "train.csv", [[1, 0, *p] for p in pixels], ["label", "id"] + PIXELS)
+  assert "unexpected column(s) id;" in user_error(train)
+
+
+def test_a_file_without_header_reads_with_header_false(tmp_path):
+  rows = make_rows(5)
+  with_header = write_csv(tmp_path / "with.csv", rows)
+  without = tmp_path / "without.csv"
+  without.write_text(with_header.read_text().split("\n", 1)[1])
+  expected = data.parse_csv(with_header, True)
+  digits = data.load_csv(without, True, header=False)
+  np.testing.assert_array_equal(digits.images, expected.images)
+  np.testing.assert_array_equal(digits.labels, expected.labels)
+  assert user_error(without).endswith(
+      "the first line holds numbers, not column names; for a file without a header pass "
+      "--config.data.header=false")
+  # Lines are the file's own: data row 3 is line 3 when there is no header.
+  rows[2][7] = 300
+  bad = tmp_path / "bad.csv"
+  bad.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+  assert user_error(bad, header=False).endswith(
+      "line 3 (data row 3): column pixel6 is 300, outside 0..255; pixels must lie in 0..255")
+  test = tmp_path / "test.csv"
+  test.write_text("\n".join(",".join(map(str, r[1:])) for r in make_rows(3)) + "\n")
+  assert data.parse_csv(test, False, header=False).images.shape == (3, 28, 28, 1)
+
+
+def test_labels_are_any_non_negative_integers(tmp_path):
+  rows = make_rows(4)
+  for row, label in zip(rows, [0, 24, 1000, 3]):
+    row[0] = label
+  np.testing.assert_array_equal(data.parse_csv(write_csv(tmp_path / "t.csv", rows), True).labels,
+                                [0, 24, 1000, 3])
+  rows[1][0] = 2**31
+  assert user_error(write_csv(tmp_path / "big.csv", rows)).endswith(
+      "line 3 (data row 2): column label is 2.14748e+09, outside 0..2147483647; labels are "
+      "non-negative int32 integers")
+
+
+def test_the_cache_keeps_layouts_apart(tmp_path):
+  path = write_csv(tmp_path / "t.csv", make_rows(2, with_labels=False), PIXELS)
+  square = data.load_csv(path, False)
+  wide = data.load_csv(path, False, image_shape=(14, 56, 1))
+  assert square.images.shape[1:] == (28, 28, 1) and wide.images.shape[1:] == (14, 56, 1)
+  assert data.load_csv(path, False).images.shape[1:] == (28, 28, 1)
+  assert data.digest(square) != data.digest(wide)
+  assert len(list((tmp_path / ".cache").glob("*.npz"))) == 2

@@ -191,3 +191,29 @@ def test_strided_model_is_the_same_function_with_either_convolution():
   for a, b in zip(jax.tree.leaves(jax.grad(loss(fast))(v["params"])),
                   jax.tree.leaves(jax.grad(loss(plain))(v["params"]))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("shape, classes", [((32, 32, 1), 24), ((28, 28, 3), 2), ((40, 36, 1), 10)])
+def test_the_models_follow_the_images_and_the_classes(name, shape, classes):
+  model = models.create_model(name, num_classes=classes)
+  variables = models.init_variables(model, jax.random.key(0), shape)
+  logits = model.apply(variables, jnp.zeros((2, *shape)), train=False)
+  assert logits.shape == (2, classes)
+  assert f"float32[1,{classes}]" in models.summary(model, shape)
+
+
+def test_images_a_model_shrinks_to_nothing_are_refused():
+  models.check_input(models.create_model("strided"), (25, 25, 1))
+  models.check_input(models.create_model("classic"), (4, 4, 1))
+  for name, side in (("strided", 24), ("classic", 3)):
+    with pytest.raises(UserError) as info:
+      models.check_input(models.create_model(name), (side, side, 1))
+    assert str(info.value).endswith(
+        f"cannot take {side}×{side}×1 images (ZeroDivisionError: its layers shrink them to "
+        "nothing); the classic CNN takes images from 4×4, the strided one from 25×25")
+
+
+def test_num_classes_is_not_a_model_option():
+  with pytest.raises(UserError, match="has no option"):
+    models.check_options("classic", {"num_classes": 3})

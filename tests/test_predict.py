@@ -255,6 +255,10 @@ def test_a_wrong_header_is_shown_whole_up_to_four_columns(tmp_path, header, show
   sub.write_text(header + "\n" + ",".join("1" * len(header.split(","))) + "\n")
   with pytest.raises(UserError) as info:
     predict.read_labels(sub, "submission")
+  assert str(info.value) == (f"{sub}: header is {shown}; expected the 2 columns an id and a "
+                             "label, e.g. ImageId,Label")
+  with pytest.raises(UserError) as info:
+    predict.read_labels(sub, "submission", ("ImageId", "Label"))
   assert str(info.value) == f"{sub}: header is {shown}; expected the 2 columns ImageId,Label"
 
 
@@ -306,3 +310,64 @@ def test_blend_refuses_out_inside_a_runs_files(tmp_path, kept, out):
     predict.blend([run], tmp_path, run / out)
   assert str(info.value) == (f"--out {run / out} is inside {run}'s {kept}, which predict reads; "
                              "write the submission elsewhere (default: WORKDIR/submission.csv)")
+
+
+# Submission formats of the family.
+
+def _test_digits(n, ids=None):
+  return data.Digits(np.zeros((n, 28, 28, 1), np.uint8), None,
+                     None if ids is None else np.asarray(ids, np.int64))
+
+
+def test_without_a_sample_the_submission_is_image_id_label_from_one(tmp_path):
+  layout = predict.submission_format(tmp_path, _test_digits(3))
+  assert layout.header == ("ImageId", "Label")
+  np.testing.assert_array_equal(layout.ids, [1, 2, 3])
+  # test.csv's own ids win over counting.
+  np.testing.assert_array_equal(predict.submission_format(tmp_path, _test_digits(3, [9, 4, 0])).ids,
+                                [9, 4, 0])
+
+
+def test_a_sample_submission_gives_its_header_and_ids(tmp_path):
+  (tmp_path / "sample_submission.csv").write_text("id,label\n0,5\n1,5\n2,5\n")
+  layout = predict.submission_format(tmp_path, _test_digits(3))
+  assert layout.header == ("id", "label")
+  np.testing.assert_array_equal(layout.ids, [0, 1, 2])
+  np.testing.assert_array_equal(predict.submission_format(tmp_path, _test_digits(2, [2, 0])).ids,
+                                [2, 0])
+  assert predict.submission_text(np.array([7, 3]), np.array([2, 0]), ("id", "label")) == \
+      "id,label\n2,7\n0,3\n"
+
+
+def test_a_sample_that_does_not_fit_test_csv_is_refused(tmp_path):
+  sample = tmp_path / "sample_submission.csv"
+  sample.write_text("id,label\n0,5\n1,5\n2,5\n")
+  with pytest.raises(UserError) as info:
+    predict.submission_format(tmp_path, _test_digits(4))
+  assert str(info.value) == (
+      f"{sample}: has 3 rows and test.csv 4 images (after data.nan_policy), and test.csv has no "
+      "id column to match them by; the two must come from the same competition")
+  with pytest.raises(UserError) as info:
+    predict.submission_format(tmp_path, _test_digits(2, [1, 8]))
+  assert str(info.value) == (f"{sample}: lacks 1 of test.csv's ids (first 8); the two must come "
+                             "from the same competition")
+  sample.write_text("id,label\n0,5\n0,5\n")
+  with pytest.raises(UserError, match="id 0 appears more than once"):
+    predict.submission_format(tmp_path, _test_digits(2))
+
+
+def test_score_reads_any_id_label_header_both_files_share(tmp_path):
+  answers, sub = tmp_path / "answers.csv", tmp_path / "sub.csv"
+  answers.write_text("id,label\n0,3\n1,24\n2,0\n5,7\n")
+  sub.write_text("id,label\n5,7\n2,0\n0,3\n1,23\n")
+  assert predict.score(sub, answers) == 0.75
+  sub.write_text("ImageId,Label\n5,7\n2,0\n0,3\n1,23\n")
+  with pytest.raises(UserError) as info:
+    predict.score(sub, answers)
+  assert str(info.value) == (f"{sub}: header is ImageId,Label; expected the 2 columns id,label "
+                             f"like {answers}")
+  sub.write_text("id,label\n5,7\n2,0\n0,3\n")
+  with pytest.raises(UserError) as info:
+    predict.score(sub, answers)
+  assert str(info.value) == (f"{sub}: 1 id(s) missing (first 1); a submission needs exactly one "
+                             f"row for each of the 4 ids in {answers}")

@@ -102,3 +102,19 @@ def test_more_epochs_of_a_per_step_schedule_is_another_run(tmp_path):
 
 def test_a_run_without_config_json_is_not_checked(tmp_path):
   provenance.check_config(tmp_path, tiny_config(seed=7))
+
+
+def test_a_run_from_before_a_key_existed_resumes_under_the_value_it_implied(tmp_path):
+  """A digits run whose config.json predates data.* layout keys and train.early_stop resumes."""
+  old = json.loads(tiny_config().to_json())
+  for key in ("classes", "image_shape", "num_classes", "header"):
+    del old["data"][key]
+  del old["train"]["early_stop"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  resolved = tiny_config(**{"data.classes": tuple(range(10)), "data.image_shape": (28, 28, 1)})
+  provenance.check_config(tmp_path, resolved)
+  with pytest.raises(UserError, match=r"data.image_shape \(28, 28, 1\) → \(32, 32, 1\)"):
+    provenance.check_config(tmp_path, tiny_config(**{"data.classes": tuple(range(10)),
+                                                     "data.image_shape": (32, 32, 1)}))
+  with pytest.raises(UserError, match=r"data.header True → False"):
+    provenance.check_config(tmp_path, tiny_config(**{"data.header": False}))

@@ -143,13 +143,13 @@ def test_confusion_counts_of_the_run_cover_the_validation_split(reported, data_d
   split = build.load_split(provenance.read_config(workdir), data_dir)
   predictor = evaluate.load_predictor(workdir)
   predicted = predictor.probabilities(split.val.images).argmax(axis=-1)
-  counts = report.confusion_counts(split.val.labels, predicted)
+  counts = report.confusion_counts(split.val.labels, predicted, 10)
   assert counts.shape == (10, 10) and counts.sum() == len(split.val.labels) == 30
   assert np.trace(counts) / counts.sum() == pytest.approx(predictor.run.best_val_accuracy)
 
 
 def test_confusion_counts_rows_are_true_columns_predicted():
-  counts = report.confusion_counts(np.array([1, 1, 2, 3]), np.array([1, 2, 2, 0]))
+  counts = report.confusion_counts(np.array([1, 1, 2, 3]), np.array([1, 2, 2, 0]), 10)
   expected = np.zeros((10, 10), int)
   expected[1, 1] = expected[1, 2] = expected[2, 2] = expected[3, 0] = 1
   np.testing.assert_array_equal(counts, expected)

@@ -19,7 +19,7 @@ def _setup(batch_norm=False, n=64):
   state = steps.create_state(model, optim.make_optimizer(cfg, 100), jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8))
-  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n)))
+  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, n), 10))
   return state, images, targets
 
 

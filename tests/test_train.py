@@ -272,7 +272,7 @@ def test_ensemble_equals_members_trained_alone(vectorize):
   stacked = train.init_state(cfg, tx, jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8))
-  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 64)))
+  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 64), 10))
   idx = jnp.asarray(rng.integers(0, 64, (3, 2, 8)), jnp.int32)
   keys = jax.random.split(jax.random.key(1), (3, 2))
   pre = build.preprocess(cfg, 0.0, 255.0, train=True)

@@ -40,7 +40,7 @@ def test_fast_cpu_step_equals_plain_step(model_name, grad_scale_tol):
   state = steps.create_state(model, optim.make_optimizer(cfg, 10), jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (16, 28, 28, 1), dtype=np.uint8))
-  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 16)))
+  targets = jnp.asarray(data.one_hot(rng.integers(0, 10, 16), 10))
   step = functools.partial(steps.train_step, preprocess=steps.Preprocess())
   outs = {}
   for name, options in (("plain", None), ("fast", xla.FAST_CPU_OPTIONS)):
