@@ -393,6 +393,15 @@ def test_column_messages_word_for_word(tmp_path):
       f"pixel5x, x.1; expected the header `pixel0,...,pixel783`{_SQUARE}")
   write_csv(tmp_path / "c.csv", [], TRAIN_COLUMNS + ["pixel5"])  # Read back as pixel5.1.
   assert _error(tmp_path / "c.csv", True).startswith("duplicate column(s) pixel5 in the header")
+  # Exactly five of a kind: listed whole.
+  write_csv(tmp_path / "d.csv", [], TRAIN_COLUMNS[:-5] + [f"extra{i}" for i in range(5)])
+  assert _error(tmp_path / "d.csv", True) == (
+      "missing column(s) pixel779, pixel780, pixel781, pixel782, pixel783; unexpected column(s) "
+      f"extra0, extra1, extra2, extra3, extra4; expected the header `label,pixel0,...,pixel783`"
+      f"{_SQUARE}")
+  # A repeated name with a dot of its own: pandas reads the second as x.y.1.
+  write_csv(tmp_path / "e.csv", [], TRAIN_COLUMNS + ["x.y", "x.y"])
+  assert _error(tmp_path / "e.csv", True).startswith("duplicate column(s) x.y in the header")
 
 
 def _error(path, with_labels):

@@ -371,3 +371,13 @@ def test_score_reads_any_id_label_header_both_files_share(tmp_path):
     predict.score(sub, answers)
   assert str(info.value) == (f"{sub}: 1 id(s) missing (first 1); a submission needs exactly one "
                              f"row for each of the 4 ids in {answers}")
+
+
+def test_predict_averages_probabilities_with_the_runs_tta_unless_told(tmp_path, monkeypatch):
+  """predict() is blend() of one run: soft averaging (not votes) and the run's predict.tta."""
+  calls = []
+  monkeypatch.setattr(predict, "blend", lambda *args: calls.append(args) or (args[2], ["p"]))
+  out, predictor = predict.predict(tmp_path / "run", tmp_path / "data")
+  assert calls == [([tmp_path / "run"], tmp_path / "data", tmp_path / "run" / "submission.csv",
+                    None, False)]
+  assert (out, predictor) == (tmp_path / "run" / "submission.csv", "p")
