@@ -150,11 +150,12 @@ def load_test(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> data.Di
 
 def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
                train: bool) -> steps.Preprocess:
-  """The static preprocessing of a run; augmentation only for training."""
+  """The static preprocessing of a run; augmentation and label smoothing only for training."""
   a = cfg.augment
-  aug = augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip) if train else \
-      augment.AugmentConfig()
-  return steps.Preprocess(aug, shift, scale)
+  if not train:
+    return steps.Preprocess(augment.AugmentConfig(), shift, scale)
+  return steps.Preprocess(augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip), shift,
+                          scale, cfg.train.get("label_smoothing", 0.0))
 
 
 def model(cfg: ml_collections.ConfigDict) -> nn.Module:

@@ -58,6 +58,7 @@ RANGES = {
     "train.steps_per_call": (1, math.inf, "[)"),
     "train.eval_batch_size": (1, math.inf, "[)"),
     "train.early_stop": (0, math.inf, "[)"),  # 0: never stop early.
+    "train.label_smoothing": (0, 1, "[)"),
     "pseudo.threshold": (0, 1, "(]"),
 }
 
@@ -133,6 +134,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Stop once no member's validation accuracy improved for this many epochs (0 = never);
   # Keras' EarlyStopping(patience), for the open-ended plateau schedule.
   c.train.early_stop = 0
+  # Train against (1 - a) * one-hot + a / classes (Szegedy et al. 2016); 0: plain one-hot.
+  c.train.label_smoothing = 0.0
 
   # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
   c.pseudo = ml_collections.ConfigDict()

@@ -24,11 +24,13 @@ class TrainState(train_state.TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-  """Static description of what happens to uint8 pixels before the model sees them."""
+  """Static description of what happens to uint8 pixels before the model sees them (and, in
+  training, to the one-hot targets)."""
 
   augment: augment.AugmentConfig = augment.AugmentConfig()
   shift: float = 0.0
   scale: float = 255.0
+  label_smoothing: float = 0.0  # Targets (1 - a) * one_hot + a / classes.
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
@@ -58,7 +60,9 @@ def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: ja
     out = state.apply_fn(variables(state, params), x, train=True, rngs={"dropout": dropout_key},
                          mutable=["batch_stats"] if has_bn else False)
     logits, updates = out if has_bn else (out, {})
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    smoothed = optax.smooth_labels(targets, preprocess.label_smoothing) \
+        if preprocess.label_smoothing else targets
+    loss = optax.softmax_cross_entropy(logits, smoothed).mean()
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -56,6 +56,32 @@ def test_golden_first_step_loss():
   assert loss == pytest.approx(GOLDEN_LOSS, rel=1e-4), f"first-step loss is now {loss!r}"
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing_is_cross_entropy_against_smoothed_targets(smoothing):
+  """The loss is computed by hand from the logits the same step sees (no augmentation/dropout
+  to keep the logits reproducible outside it)."""
+  cfg = config.get_base_config()
+  cfg.model.kwargs.dropout_conv = cfg.model.kwargs.dropout_dense = 0.0
+  state = steps.create_state(build.model(cfg), optim.make_optimizer(cfg, 100), jax.random.key(0))
+  _, images, targets = _setup()
+  plain = steps.Preprocess(augment.AugmentConfig(), 0.0, 255.0)
+  smooth = steps.Preprocess(augment.AugmentConfig(), 0.0, 255.0, smoothing)
+  logits = steps.logits_fn(state.apply_fn, steps.variables(state), images[:8], plain)
+  log_p = np.asarray(jax.nn.log_softmax(logits), np.float64)
+  y = np.asarray(targets[:8], np.float64)
+  by_hand = -np.mean(np.sum(((1 - smoothing) * y + smoothing / 10) * log_p, axis=1))
+  _, metrics = steps.train_step(state, images[:8], targets[:8], jax.random.key(1), smooth)
+  assert float(metrics["loss"]) / 8 == pytest.approx(by_hand, rel=1e-5)
+  _, unsmoothed = steps.train_step(state, images[:8], targets[:8], jax.random.key(1), plain)
+  assert float(unsmoothed["loss"]) / 8 == pytest.approx(-np.mean(np.sum(y * log_p, 1)), rel=1e-5)
+  assert int(metrics["correct"]) == int(unsmoothed["correct"])  # Accuracy reads the true labels.
+
+
+def test_preprocess_smooths_labels_in_training_only():
+  cfg = config.apply_overrides(config.get_base_config(), ["train.label_smoothing=0.1"])
+  assert build.preprocess(cfg, 0.0, 255.0, train=True).label_smoothing == 0.1
+  assert build.preprocess(cfg, 0.0, 255.0, train=False).label_smoothing == 0.0
+
 
 def test_fused_steps_equal_sequential_steps():
   state, images, targets = _setup()
