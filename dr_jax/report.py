@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import pathlib
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -47,12 +48,15 @@ def worst_errors(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
   return wrong[np.argsort(-confidence, kind="stable")][:k]
 
 
-def first_conv_kernel(params: dict) -> np.ndarray:
-  """The first layer's conv kernel `(kh, kw, 1, C)`."""
-  # The input has one channel, so only the first conv's kernel has in-channels 1; this holds
-  # whatever the module names are and however a checkpoint orders them.
-  for path, value in traverse_util.flatten_dict(params).items():
-    if path[-1] == "kernel" and value.ndim == 4 and value.shape[2] == 1:
+def first_conv_kernel(params: dict, channels: int = 1) -> np.ndarray:
+  """The first layer's conv kernel `(kh, kw, channels, C)`."""
+  # The conv kernels taking the input's channel count, the lowest-numbered module first
+  # (Conv_2 before Conv_10), however a checkpoint orders them; a later layer can only match
+  # when its width equals the channel count.
+  numbered = lambda path: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", "/".join(path))]
+  for path, value in sorted(traverse_util.flatten_dict(params).items(),
+                            key=lambda item: numbered(item[0])):
+    if path[-1] == "kernel" and value.ndim == 4 and value.shape[2] == channels:
       return np.asarray(value, np.float32)
   raise UserError("the model has no convolution on the input image; nothing to show as filters")
 
@@ -243,7 +247,8 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path,
   figures = {"learning_curves": plot_learning_curves(records),
              "confusion_matrix": plot_confusion(counts, split.classes),
              "worst_errors": plot_worst_errors(images, labels, probs, worst, split.classes),
-             "conv1_filters": plot_filters(first_conv_kernel(member["params"]), which),
+             "conv1_filters": plot_filters(first_conv_kernel(member["params"], images.shape[-1]),
+                                          which),
              "digit": plot_digit(images[chosen], f"validation image {chosen} (label {digit})")}
   for name, value in maps.items():
     figures[f"feature_maps_{name.replace('/', '_')}"] = plot_feature_maps(

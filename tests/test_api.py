@@ -145,7 +145,12 @@ def test_a_dataset_of_the_family_trains_predicts_and_scores(tmp_path, cli_env, l
     api.train(cfg, workdir, data)
     submission = api.predict(workdir, data)
     accuracy = api.score(submission.path, data_dir=data)
+    validation = api.validate(workdir, data, tta=(1, 3))
+    index = api.report(workdir, data)
   classes = sorted(layout.get("classes", range(10)))
+  assert validation.member_errors.shape == (2, 1)
+  assert {"confusion_matrix.png", "worst_errors.png", "digit.png"} <= \
+      {p.name for p in index.parent.iterdir()}
   recorded = json.loads((workdir / "config.json").read_text())["data"]
   assert recorded["classes"] == classes
   assert recorded["image_shape"] == list(layout.get("shape", (28, 28, 1)))

@@ -209,6 +209,13 @@ def test_feature_maps_is_pure_and_is_the_layer_output(classic):
 def test_first_conv_kernel_is_the_input_layer(classic):
   _, variables = classic
   assert report.first_conv_kernel(variables["params"]).shape == (5, 5, 1, 8)
+  # Colour input: the kernel that takes three channels, even when a later one does too, in
+  # whatever order the parameters come.
+  model = models.create_model("classic", widths=(3, 8), dense=16)
+  rgb = dict(reversed(models.init_variables(model, jax.random.key(0), (16, 16, 3))["params"]
+                      .items()))
+  assert list(rgb)[-1] == "Conv_0"
+  np.testing.assert_array_equal(report.first_conv_kernel(rgb, 3), rgb["Conv_0"]["kernel"])
 
 
 def test_missing_digit_is_a_user_error():
