@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -92,8 +93,10 @@ def test_second_sweep_skips_finished_runs(swept, data_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monkeypatch):
-  paths, workdir, _ = swept
+def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monkeypatch, tmp_path):
+  paths, shared, _ = swept
+  # A copy: the other tests read the shared sweep as it was written, in any order.
+  workdir = shutil.copytree(shared, tmp_path / "sweep")
   unfinished = workdir / "b" / "seed1"
   old = json.loads((unfinished / "result.json").read_text())
   (unfinished / "result.json").unlink()
