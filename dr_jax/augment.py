@@ -1,4 +1,5 @@
-"""Pure, jittable, vmappable random affine augmentation: rotation, zoom, shift, optional flip."""
+"""Pure, jittable, vmappable random augmentation: rotation, zoom, shift, optional flip, and
+elastic distortion, all in one bilinear sampling pass."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ class AugmentConfig:
   zoom: float = 0.0  # Per-axis zoom factor sampled in [1 - z, 1 + z] (Keras' zoom_range).
   shift: float = 0.0  # Max shift as a fraction of height/width.
   flip: bool = False  # Horizontal flip, probability 1/2 (a flipped 2 is no digit: ablation only).
+  # Elastic distortion (Simard et al. 2003): a uniform [-1, 1] displacement per pixel, smoothed by
+  # a Gaussian of width sigma pixels, times alpha pixels; 0 = off.
+  elastic_alpha: float = 0.0
+  elastic_sigma: float = 4.0
 
   @property
   def is_identity(self) -> bool:
-    return self.rotation == 0 and self.zoom == 0 and self.shift == 0 and not self.flip
+    return self.rotation == 0 and self.zoom == 0 and self.shift == 0 and not self.flip and \
+        self.elastic_alpha == 0
 
 
 def affine_matrices(theta: jax.Array, zoom: jax.Array, shift: jax.Array, flip: jax.Array,
@@ -70,13 +76,37 @@ def tta_matrices(count: int, height: int = 28, width: int = 28) -> jax.Array:
                          chosen[:, 2:], jnp.ones(len(chosen)), height, width)
 
 
-def warp(image: jax.Array, matrix: jax.Array) -> jax.Array:
-  """Bilinear resampling of one `(H, W, C)` image by a `(2, 3)` inverse map; zeros outside."""
+def gaussian_matrix(size: int, sigma: float) -> jax.Array:
+  """`(size, size)` matrix that smooths a vector by a normalised Gaussian (truncated at 3σ,
+  zeros beyond the edges): `M @ v` is `scipy.ndimage.gaussian_filter1d(v, σ, mode="constant")`."""
+  radius = int(3 * sigma + 0.5)
+  taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1, dtype=jnp.float32) / sigma) ** 2)
+  taps = taps / taps.sum()
+  offset = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]
+  return jnp.where(jnp.abs(offset) <= radius, taps[jnp.clip(offset + radius, 0, 2 * radius)], 0.0)
+
+
+def elastic_field(key: jax.Array, height: int, width: int, alpha: float,
+                  sigma: float) -> jax.Array:
+  """A `(height, width, 2)` displacement in pixels (rows, columns): uniform noise smoothed by a
+  Gaussian of width `sigma`, times `alpha`; every value lies in [-alpha, alpha]."""
+  noise = jax.random.uniform(key, (2, height, width), minval=-1.0, maxval=1.0)
+  rows, cols = gaussian_matrix(height, sigma), gaussian_matrix(width, sigma)
+  # Separable smoothing as two matrix products: rows @ noise @ colsᵀ per component.
+  smooth = jnp.einsum("ij,cjk,lk->cil", rows, noise, cols)
+  return alpha * jnp.moveaxis(smooth, 0, -1)
+
+
+def warp(image: jax.Array, matrix: jax.Array, displacement: jax.Array | None = None) -> jax.Array:
+  """Bilinear resampling of one `(H, W, C)` image by a `(2, 3)` inverse map, plus an optional
+  `(H, W, 2)` displacement of each source position (rows, columns); zeros outside."""
   height, width = image.shape[:2]
   rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                             jnp.arange(width, dtype=jnp.float32), indexing="ij")
   src_r = matrix[0, 0] * rows + matrix[0, 1] * cols + matrix[0, 2]
   src_c = matrix[1, 0] * rows + matrix[1, 1] * cols + matrix[1, 2]
+  if displacement is not None:
+    src_r, src_c = src_r + displacement[..., 0], src_c + displacement[..., 1]
   r0, c0 = jnp.floor(src_r), jnp.floor(src_c)
   wr, wc = src_r - r0, src_c - c0
   r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
@@ -96,4 +126,10 @@ def random_affine(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.
     return images
   n, height, width = images.shape[:3]
   matrices = random_matrices(key, n, cfg, height, width)
-  return jax.vmap(warp)(images, matrices)
+  if cfg.elastic_alpha == 0:
+    return jax.vmap(warp)(images, matrices)
+  # Its own stream: the affine draws stay what they are without it.
+  keys = jax.random.split(jax.random.fold_in(key, 0xE1A), n)
+  fields = jax.vmap(lambda k: elastic_field(k, height, width, cfg.elastic_alpha,
+                                            cfg.elastic_sigma))(keys)
+  return jax.vmap(warp)(images, matrices, fields)

@@ -154,8 +154,9 @@ def preprocess(cfg: ml_collections.ConfigDict, shift: float, scale: float,
   a = cfg.augment
   if not train:
     return steps.Preprocess(augment.AugmentConfig(), shift, scale)
-  return steps.Preprocess(augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip), shift,
-                          scale, cfg.train.get("label_smoothing", 0.0))
+  aug = augment.AugmentConfig(a.rotation, a.zoom, a.shift, a.flip, a.get("elastic_alpha", 0.0),
+                              a.get("elastic_sigma", 4.0))
+  return steps.Preprocess(aug, shift, scale, cfg.train.get("label_smoothing", 0.0))
 
 
 def model(cfg: ml_collections.ConfigDict) -> nn.Module:

@@ -43,6 +43,8 @@ RANGES = {
     "augment.rotation": (0, math.inf, "[)"),
     "augment.zoom": (0, 1, "[)"),
     "augment.shift": (0, 1, "[)"),
+    "augment.elastic_alpha": (0, math.inf, "[)"),
+    "augment.elastic_sigma": (0, math.inf, "()"),
     "optimizer.lr": (0, math.inf, "()"),
     "optimizer.rho": (0, 1, "[)"),
     "optimizer.eps": (0, math.inf, "()"),  # RMSprop divides by sqrt(nu + eps); nu can be 0.
@@ -92,6 +94,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.augment.zoom = 0.1
   c.augment.shift = 0.1  # Fraction of height/width.
   c.augment.flip = False  # A flipped 2 is not a digit: ablation only.
+  # Elastic distortion: pixels of smoothed random displacement (0 = off) and the smoothing width.
+  c.augment.elastic_alpha = 0.0
+  c.augment.elastic_sigma = 4.0
 
   # Model
   c.model = ml_collections.ConfigDict()

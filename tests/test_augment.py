@@ -243,3 +243,71 @@ def test_check_tta_refuses_counts_outside_1_to_9(count):
 def test_check_tta_accepts_1_to_9():
   for count in range(1, 10):
     augment.check_tta(count, "predict.tta")
+
+
+# Elastic distortion.
+
+ELASTIC = augment.AugmentConfig(rotation=10.0, zoom=0.1, shift=0.1, elastic_alpha=34.0,
+                                elastic_sigma=4.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(size=st.integers(5, 40), sigma=st.floats(0.5, 6.0))
+def test_gaussian_matrix_is_scipys_gaussian_filter_with_zero_padding(size, sigma):
+  vector = np.random.default_rng(size).uniform(-1, 1, size)
+  expected = ndimage.gaussian_filter1d(vector, sigma, mode="constant", truncate=3.0)
+  # scipy truncates at int(3σ + 0.5) taps, as gaussian_matrix does.
+  np.testing.assert_allclose(augment.gaussian_matrix(size, sigma) @ vector, expected, atol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(height=st.integers(4, 32), width=st.integers(4, 32), alpha=st.floats(0.0, 40.0),
+       sigma=st.floats(0.5, 6.0), seed=st.integers(0, 2**16))
+def test_elastic_field_shape_and_bound(height, width, alpha, sigma, seed):
+  field = augment.elastic_field(jax.random.key(seed), height, width, alpha, sigma)
+  assert field.shape == (height, width, 2) and field.dtype == jnp.float32
+  assert float(jnp.abs(field).max()) <= alpha * (1 + 1e-6)  # A normalised kernel of |u| ≤ 1.
+  jitted = jax.jit(augment.elastic_field, static_argnums=(1, 2, 3, 4))(
+      jax.random.key(seed), height, width, alpha, sigma)
+  np.testing.assert_allclose(field, jitted, rtol=1e-5, atol=1e-6 * max(alpha, 1.0))
+
+
+def test_elastic_field_is_the_smoothed_noise_it_draws():
+  key = jax.random.key(3)
+  noise = np.asarray(jax.random.uniform(key, (2, 28, 20), minval=-1.0, maxval=1.0), np.float64)
+  expected = np.stack([ndimage.gaussian_filter(n, 4.0, mode="constant", truncate=3.0)
+                       for n in noise], axis=-1)
+  np.testing.assert_allclose(augment.elastic_field(key, 28, 20, 34.0, 4.0), 34.0 * expected,
+                             atol=1e-5)
+
+
+def test_a_constant_displacement_is_a_shift():
+  image = _images(1)[0]
+  down = jnp.zeros((28, 28, 2)).at[..., 0].set(-2.0)  # Each pixel reads two rows up.
+  shifted = augment.warp(image, jnp.array([[1.0, 0, 0], [0, 1.0, 0]]), down)
+  np.testing.assert_array_equal(shifted[2:], image[:-2])
+  np.testing.assert_array_equal(shifted[:2], 0.0)
+
+
+def test_zero_alpha_is_the_affine_augmentation_bit_for_bit():
+  images = _images()
+  off = augment.AugmentConfig(rotation=10.0, zoom=0.1, shift=0.1, elastic_alpha=0.0)
+  np.testing.assert_array_equal(augment.random_affine(jax.random.key(5), images, off),
+                                augment.random_affine(jax.random.key(5), images, FULL))
+  assert not augment.AugmentConfig(elastic_alpha=1.0).is_identity
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 24, 3)])
+def test_elastic_augmentation_shapes_range_jit_and_one_field_per_image(shape):
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (4, *shape)), jnp.float32)
+  eager = augment.random_affine(jax.random.key(1), images, ELASTIC)
+  jitted = jax.jit(augment.random_affine, static_argnums=2)(jax.random.key(1), images, ELASTIC)
+  assert eager.shape == images.shape and eager.dtype == images.dtype
+  np.testing.assert_allclose(eager, jitted, atol=1e-3)
+  assert float(eager.min()) >= 0.0 and float(eager.max()) <= 255.0 + 1e-3
+  assert not np.allclose(eager, augment.random_affine(jax.random.key(1), images, FULL))
+  # The same image four times gets four different distortions.
+  same = jnp.broadcast_to(images[:1], images.shape)
+  out = augment.random_affine(jax.random.key(2), same, augment.AugmentConfig(elastic_alpha=8.0))
+  assert len({np.asarray(o).tobytes() for o in out}) == 4

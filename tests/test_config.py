@@ -199,6 +199,7 @@ BAD_VALUES = [
     ("data.subset", -1), ("data.fill_value", 256), ("data.fill_value", -1),
     ("data.num_classes", -1), ("data.image_shape", (28, 28)), ("data.image_shape", (28, 0, 1)),
     ("train.label_smoothing", -0.1), ("train.label_smoothing", 1.0),
+    ("augment.elastic_alpha", -1.0), ("augment.elastic_sigma", 0.0),
     ("data.image_shape", (28, 28.0, 1)), ("data.image_shape", (28, True, 1)),
     ("data.classes", (1, 0)), ("data.classes", (0, 0)), ("data.classes", (-1, 0)),
     ("data.classes", (0, 1.5)),
