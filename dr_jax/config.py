@@ -61,6 +61,7 @@ RANGES = {
     "train.eval_batch_size": (1, math.inf, "[)"),
     "train.early_stop": (0, math.inf, "[)"),  # 0: never stop early.
     "train.label_smoothing": (0, 1, "[)"),
+    "train.ema_decay": (0, 1, "[)"),
     "pseudo.threshold": (0, 1, "(]"),
 }
 
@@ -141,6 +142,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.early_stop = 0
   # Train against (1 - a) * one-hot + a / classes (Szegedy et al. 2016); 0: plain one-hot.
   c.train.label_smoothing = 0.0
+  # Validate, keep as best and predict with an exponential moving average of the parameters,
+  # updated every step with this decay (e.g. 0.999); 0: the parameters themselves.
+  c.train.ema_decay = 0.0
 
   # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
   c.pseudo = ml_collections.ConfigDict()

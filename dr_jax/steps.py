@@ -11,15 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from dr_jax import augment, data, models
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState plus batch-norm statistics (an empty dict when the model has none)."""
+  """Flax's TrainState plus batch-norm statistics (an empty dict when the model has none) and,
+  with `ema_decay` > 0, an exponential moving average of the parameters."""
 
   batch_stats: Any = None
+  ema_params: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +38,16 @@ class Preprocess:
 
 
 def create_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
-                 image_shape: tuple[int, int, int] = (28, 28, 1)) -> TrainState:
-  """Initialises parameters, batch statistics and optimizer state from `key`."""
+                 image_shape: tuple[int, int, int] = (28, 28, 1),
+                 ema_decay: float = 0.0) -> TrainState:
+  """Initialises parameters, batch statistics, optimizer state (and the parameters' average,
+  starting at the initial parameters) from `key`."""
   initial = models.init_variables(model, key, image_shape)
-  return TrainState.create(apply_fn=model.apply, params=initial["params"], tx=tx,
-                           batch_stats=initial.get("batch_stats", {}))
+  params = initial["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=initial.get("batch_stats", {}),
+                           ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None,
+                           ema_decay=ema_decay)
 
 
 def variables(state: TrainState, params: Any = None) -> dict:
@@ -46,6 +55,12 @@ def variables(state: TrainState, params: Any = None) -> dict:
   params = state.params if params is None else params
   return {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else \
       {"params": params}
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables validation and the best checkpoint use: the parameters' average when the
+  run keeps one (with the live batch statistics), else the parameters."""
+  return variables(state, state.ema_params if state.ema_decay else None)
 
 
 def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: jax.Array,
@@ -67,6 +82,10 @@ def train_step(state: TrainState, images: jax.Array, targets: jax.Array, key: ja
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads)
+  if state.ema_decay:
+    d = state.ema_decay
+    state = state.replace(ema_params=jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                                  state.ema_params, state.params))
   if has_bn:
     state = state.replace(batch_stats=updates["batch_stats"])
   correct = jnp.sum(jnp.argmax(logits, -1) == jnp.argmax(targets, -1))

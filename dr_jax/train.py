@@ -41,8 +41,9 @@ def init_state(cfg: ml_collections.ConfigDict, tx, key: jax.Array) -> steps.Trai
   """Independently initialised members, stacked along a leading axis."""
   model, shape = build.model(cfg), build.image_shape(cfg)
   keys = jax.random.split(key, cfg.ensemble.size)
-  return build.member_map(lambda k: steps.create_state(model, tx, k, shape), cfg.ensemble.size,
-                          (0,), cfg.ensemble.vectorize)(keys)
+  ema = cfg.train.get("ema_decay", 0.0)
+  return build.member_map(lambda k: steps.create_state(model, tx, k, shape, ema),
+                          cfg.ensemble.size, (0,), cfg.ensemble.vectorize)(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,12 +209,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
       state, train, seconds = train_epoch(program, state, train_key, epoch, cfg.num_epochs,
                                           workdir, stop)
       scores = evaluate.validation_scores(
-          dataclasses.replace(program.predictor, variables=steps.variables(state)), split,
+          dataclasses.replace(program.predictor, variables=steps.eval_variables(state)), split,
           cfg.train.eval_batch_size)
       run, improved = run.after_epoch(epoch, scores.accuracy, scores.loss,
                                       _plateau(cfg, run.plateau, scores.accuracy))
       if improved.any():
-        best = keep_best(best, steps.variables(state), improved)
+        best = keep_best(best, steps.eval_variables(state), improved)
       record = _epoch_record(run, train, scores, state, seconds, cfg, plan)
       writer.write_epoch(record)
       ckpts.save_epoch(_ckpt_tree(state), best if improved.any() else None, run)
@@ -233,7 +234,7 @@ def _resume_or_start(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                      ckpts: checkpoint.Checkpoints, split: build.Split, state: steps.TrainState,
                      pseudo_record: dict | None) -> tuple[steps.TrainState, dict, RunState]:
   """The run's state, best variables and record: from `latest` if it has one, else fresh."""
-  best = jax.tree.map(jnp.copy, steps.variables(state))  # A copy: the state gets donated.
+  best = jax.tree.map(jnp.copy, steps.eval_variables(state))  # A copy: the state gets donated.
   if ckpts.latest_epoch("latest") is None:
     return state, best, RunState.fresh(cfg.ensemble.size, cfg.optimizer.lr,
                                        (split.shift, split.scale))
@@ -306,8 +307,9 @@ def _plateau(cfg: ml_collections.ConfigDict, plateau: tuple[optim.PlateauState, 
 
 def _ckpt_tree(state: steps.TrainState) -> dict:
   """The parts of the train state that are arrays (functions are rebuilt from the config)."""
-  return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+  tree = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
           "opt_state": state.opt_state}
+  return tree | ({"ema_params": state.ema_params} if state.ema_decay else {})
 
 
 def _epoch_record(run: RunState, train: dict[str, float], scores: evaluate.Scores,

@@ -83,6 +83,26 @@ def test_preprocess_smooths_labels_in_training_only():
   assert build.preprocess(cfg, 0.0, 255.0, train=False).label_smoothing == 0.0
 
 
+def test_the_parameters_average_moves_by_one_minus_decay_each_step():
+  cfg = config.get_base_config()
+  state = steps.create_state(build.model(cfg), optim.make_optimizer(cfg, 100), jax.random.key(0),
+                             ema_decay=0.9)
+  _, images, targets = _setup()
+  jax.tree.map(np.testing.assert_array_equal, state.ema_params, state.params)
+  step = jax.jit(functools.partial(steps.train_step, preprocess=PRE))
+  one, _ = step(state, images[:8], targets[:8], jax.random.key(1))
+  two, _ = step(one, images[8:16], targets[8:16], jax.random.key(2))
+  by_hand = jax.tree.map(lambda p0, p1, p2: 0.9 * (0.9 * p0 + 0.1 * p1) + 0.1 * p2,
+                         state.params, one.params, two.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               two.ema_params, by_hand)
+  assert steps.eval_variables(two)["params"] is two.ema_params
+  # Off: no average is kept, and validation reads the parameters.
+  plain = steps.create_state(build.model(cfg), optim.make_optimizer(cfg, 100), jax.random.key(0))
+  assert plain.ema_params is None
+  assert steps.eval_variables(plain)["params"] is plain.params
+
+
 def test_fused_steps_equal_sequential_steps():
   state, images, targets = _setup()
   idx = jnp.arange(24, dtype=jnp.int32).reshape(3, 8)

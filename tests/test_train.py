@@ -106,6 +106,29 @@ def test_resume_continues_bitwise_like_an_uninterrupted_run(tmp_path, data_dir, 
   assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(workdir)[-1]["val_accuracy"]
 
 
+def test_a_parameters_average_is_validated_kept_as_best_and_resumed_bitwise(tmp_path, data_dir):
+  ema = {"train.ema_decay": 0.9}
+  whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+  train.train_and_evaluate(_cfg(num_epochs=2, **ema), whole, data_dir)
+  train.train_and_evaluate(_cfg(num_epochs=1, **ema), resumed, data_dir)
+  with checkpoint.Checkpoints(resumed, read_only=True) as ckpts:
+    first, _ = ckpts.restore("latest")
+    best, best_run = ckpts.restore("best")
+  # Epoch 1 is always the best so far: the best checkpoint holds that epoch's average.
+  assert best_run.epoch == 1
+  jax.tree.map(np.testing.assert_array_equal, best["params"], first["ema_params"])
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first["params"],
+                                              first["ema_params"])))
+  train.train_and_evaluate(_cfg(num_epochs=2, **ema), resumed, data_dir)
+  with checkpoint.Checkpoints(whole, read_only=True) as ckpts:
+    latest, _ = ckpts.restore("latest")
+  with checkpoint.Checkpoints(resumed, read_only=True) as ckpts:
+    again, _ = ckpts.restore("latest")
+  for key in ("params", "ema_params"):
+    jax.tree.map(np.testing.assert_array_equal, latest[key], again[key])
+  assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(whole)[-1]["val_accuracy"]
+
+
 def test_finished_run_is_not_retrained(smoke_run, data_dir, capsys):
   workdir, _ = smoke_run
   before = (workdir / "metrics.jsonl").read_text()
