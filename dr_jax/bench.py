@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import gzip
 import json
+import os
 import pathlib
 import re
 import statistics
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import build, data, evaluate, optim, parallel, steps, train
+from dr_jax import build, data, evaluate, optim, parallel, steps, train, xla
 from dr_jax.errors import UserError
 
 
@@ -143,6 +144,7 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
   cfg.batch_size = batch
   result: dict[str, Any] = {
       "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
+      "isa": xla.describe_isa() if jax.default_backend() == "cpu" else "n/a",
       "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
       "members": cfg.ensemble.size,
       "steps_per_call": cfg.train.steps_per_call, "fast_cpu": cfg.train.fast_cpu}
@@ -171,13 +173,16 @@ def torch_rates(python: str, script: pathlib.Path, model: str, batch: int, num_s
     raise UserError(f"{script} not found; run from the dr_jax checkout")
   # torch lives in its own environment if you like: with it installed, tensorboardX imports it
   # into every dr_jax process.
-  check = subprocess.run([python, "-c", "import torch"], capture_output=True)
+  # Under an XLA_FLAGS limit PyTorch gets the same one, so the ratios compare like with like.
+  limit = xla.isa_limit()
+  env = dict(os.environ, **xla.TORCH_ISA_ENV.get(limit or "", {}))
+  check = subprocess.run([python, "-c", "import torch"], capture_output=True, env=env)
   if check.returncode:
     raise UserError(f"--vs-torch: {python} cannot import torch; pip install torch there, or pass "
                     "--vs-torch PATH/TO/python of an environment that has it")
   proc = subprocess.run([python, str(script), "--model", model, "--batch", str(batch), "--steps",
                          str(num_steps), "--repeats", str(repeats), "--predict-images",
-                         str(predict_n)], capture_output=True, text=True)
+                         str(predict_n)], capture_output=True, text=True, env=env)
   if proc.returncode:
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     raise UserError(f"{script} failed: {last}")

@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                  "by PYTHON, default this interpreter) and report the ratios")
   p.add_argument("--trace", type=pathlib.Path, metavar="DIR",
                  help="also profile the train step into DIR and print its XLA ops' times")
+  p.add_argument("--isa", type=str.upper, choices=("SSE4_2", "AVX", "AVX2", "AVX512"),
+                 help="run XLA:CPU (and PyTorch with --vs-torch) on this instruction set at "
+                 "most, e.g. AVX2 on an AVX-512 machine (default: what the CPU has)")
 
   p = add("sweep", "Train configs × seeds (resumable); mean ± std per config.")
   p.add_argument("configs", nargs="+", metavar="CONFIG",
@@ -220,8 +223,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
   elif args.command == "run":
     _run_all(args, cfg)
   elif args.command == "bench":
-    from dr_jax import bench, config
+    from dr_jax import bench, config, xla
 
+    if args.isa:
+      xla.limit_isa(args.isa)  # Before JAX starts its CPU client, which reads XLA_FLAGS once.
     bench.main(cfg, batch=args.batch, steps=args.steps, repeats=args.repeats,
                predict_n=args.predict_images, vs_torch=args.vs_torch,
                torch_script=config.experiments_dir() / "torch_baseline.py", trace=args.trace)

@@ -7,10 +7,13 @@ import hashlib
 import os
 import pathlib
 import platform
+import re
 import sys
 
 import jax
 import jax.numpy as jnp
+
+from dr_jax.errors import UserError
 
 # XLA:CPU's experimental YNNPACK library fusions are on by default, and its convolutions ran
 # this project's at half the speed of XLA's Eigen path, or (the strided model's 3×3 32→32 layer,
@@ -19,6 +22,16 @@ import jax.numpy as jnp
 # only elementwise fusions gave the same 7,200; the cause is not pinned down). Measured by timing
 # both models' inference and gradient under each setting; training is no slower with this one.
 FAST_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+# x86 vector instruction sets XLA:CPU can be limited to (--xla_cpu_max_isa), narrowest first,
+# with the /proc/cpuinfo flag that says the CPU has each.
+ISA_FLAGS = {"SSE4_2": "sse4_2", "AVX": "avx", "AVX2": "avx2", "AVX512": "avx512f"}
+# The same limits for PyTorch's kernels (ATen) and oneDNN, so both sides of `bench --vs-torch`
+# run on the same instruction set.
+TORCH_ISA_ENV = {"SSE4_2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+                 "AVX": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX"},
+                 "AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                 "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}}
 
 # DR_JAX_COMPILATION_CACHE: unset → the user's cache directory; a path → there; off → no cache.
 CACHE_ENV = "DR_JAX_COMPILATION_CACHE"
@@ -53,15 +66,54 @@ def compiler_options(fast_cpu: bool) -> dict[str, str] | None:
   return None
 
 
-def _host_tag() -> str:
-  """A short name for this CPU's instruction set, so a shared home never loads code built for
-  another CPU (an AVX-512 program on an AVX2 machine would die on an illegal instruction)."""
-  flags = ""
+def _cpu_flags() -> str:
+  """The CPU's feature line of /proc/cpuinfo (x86 `flags`, ARM `Features`), or ""."""
   cpuinfo = pathlib.Path("/proc/cpuinfo")
-  if cpuinfo.is_file():
-    flags = next((line for line in cpuinfo.read_text(errors="replace").splitlines()
-                  if line.startswith(("flags", "Features"))), "")
-  return f"{platform.machine()}-{hashlib.sha256(flags.encode()).hexdigest()[:10]}"
+  if not cpuinfo.is_file():
+    return ""
+  return next((line for line in cpuinfo.read_text(errors="replace").splitlines()
+               if line.startswith(("flags", "Features"))), "")
+
+
+def cpu_isa(flags: str | None = None) -> str:
+  """The widest of ISA_FLAGS the CPU has (`flags`: a cpuinfo line), else the machine's name."""
+  words = set((_cpu_flags() if flags is None else flags).split())
+  found = [isa for isa, flag in ISA_FLAGS.items() if flag in words]
+  return found[-1] if found else platform.machine()
+
+
+def isa_limit() -> str | None:
+  """The --xla_cpu_max_isa in XLA_FLAGS, upper-cased, or None."""
+  match = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
+  return match.group(1).upper() if match else None
+
+
+def describe_isa() -> str:
+  """The instruction set XLA:CPU compiles for, and why: "AVX512", or "AVX2 (limited by
+  XLA_FLAGS; the CPU has AVX512)"."""
+  cpu, limit = cpu_isa(), isa_limit()
+  if limit is None or limit == cpu:
+    return cpu
+  return f"{limit} (limited by XLA_FLAGS; the CPU has {cpu})"
+
+
+def limit_isa(isa: str) -> None:
+  """Limits XLA:CPU to `isa` (one of ISA_FLAGS) for this process: call before JAX runs
+  anything, since XLA reads XLA_FLAGS once, when its CPU client starts."""
+  isa = isa.upper()
+  if isa not in ISA_FLAGS:
+    raise UserError(f"--isa {isa}: choose one of {', '.join(ISA_FLAGS)}")
+  flags = re.sub(r"\s*--xla_cpu_max_isa=\S+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_max_isa={isa}".strip()
+
+
+def _host_tag() -> str:
+  """A short name for this CPU's instruction set (and an XLA_FLAGS limit), so a shared home never
+  loads code built for another CPU (an AVX-512 program on an AVX2 machine would die on an
+  illegal instruction) or for another limit."""
+  limit = isa_limit()
+  return (f"{platform.machine()}-{hashlib.sha256(_cpu_flags().encode()).hexdigest()[:10]}"
+          + (f"-{limit.lower()}" if limit else ""))
 
 
 def cache_dir() -> pathlib.Path | None:

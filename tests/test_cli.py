@@ -257,6 +257,18 @@ def test_bench_prints_json_figures_and_a_profile(run_cli, tmp_path):
   assert [line.split()[1] for line in table] == list(ops)
 
 
+@pytest.mark.slow
+def test_bench_isa_limits_xla_and_says_so(run_cli):
+  code, out, err = run_cli("bench", "--config", TINY, "--steps", "1", "--repeats", "1",
+                           "--predict-images", "50", "--isa", "avx2")
+  assert code == 0, err
+  from dr_jax import xla
+
+  isa = last_json(out)["isa"]
+  assert isa == "AVX2" if xla.cpu_isa() == "AVX2" else \
+      isa == f"AVX2 (limited by XLA_FLAGS; the CPU has {xla.cpu_isa()})"
+
+
 # Bad training data: exit 2, one line naming the problem, the existing run untouched.
 
 

@@ -1,6 +1,7 @@
 """The XLA:CPU fast path must compute what the plain compiler does (forward and gradients)."""
 
 import functools
+import os
 import pathlib
 import platform
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from dr_jax import build, config, data, evaluate, optim, steps, train, xla
+from dr_jax.errors import UserError
 
 
 def test_fast_options_only_on_cpu_and_only_when_enabled():
@@ -148,3 +150,29 @@ def test_an_unwritable_cache_place_compiles_without_a_cache(monkeypatch, tmp_pat
   monkeypatch.setenv(xla.CACHE_ENV, str(tmp_path / "file" / "cache"))
   assert xla.use_compilation_cache() is None
   assert jax.config.jax_compilation_cache_dir is None
+
+
+@pytest.mark.parametrize("flags, isa", [
+    ("flags : fpu sse4_2 avx avx2 fma", "AVX2"),
+    ("flags : sse4_2 avx avx2 avx512f avx512bw", "AVX512"),
+    ("flags : sse2 sse4_2", "SSE4_2"), ("Features : fp asimd", platform.machine())])
+def test_cpu_isa_is_the_widest_the_cpu_reports(flags, isa):
+  assert xla.cpu_isa(flags) == isa
+
+
+def test_limit_isa_sets_xla_flags_once_and_names_the_limit(monkeypatch, tmp_path):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x --xla_cpu_max_isa=AVX")
+  monkeypatch.setattr(xla, "cpu_isa", lambda flags=None: "AVX512")
+  xla.limit_isa("avx2")
+  assert xla.isa_limit() == "AVX2"
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_max_isa=AVX2"
+  assert xla.describe_isa() == "AVX2 (limited by XLA_FLAGS; the CPU has AVX512)"
+  monkeypatch.delenv(xla.CACHE_ENV, raising=False)  # The user's cache: its name has the limit.
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  limited = xla.cache_dir()
+  assert limited is not None and limited.name.endswith("-avx2")
+  monkeypatch.delenv("XLA_FLAGS")
+  assert xla.describe_isa() == "AVX512" and xla.cache_dir() == limited.with_name(
+      limited.name.removesuffix("-avx2"))
+  with pytest.raises(UserError, match="--isa AVX3: choose one of SSE4_2, AVX, AVX2, AVX512"):
+    xla.limit_isa("avx3")
