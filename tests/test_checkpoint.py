@@ -1,5 +1,6 @@
 """Tests of dr_jax.checkpoint (damaged checkpoints are covered by the CLI tests)."""
 
+import logging
 import pathlib
 import time
 from typing import NamedTuple
@@ -187,7 +188,9 @@ def test_restore_messages_word_for_word(tmp_path, monkeypatch):
   where = root / "best" / "4"
   for raised, shown in ((ValueError("bad bytes\nmore"), "ValueError: bad bytes"),
                         (OSError(), "OSError: OSError"),
-                        (KeyError("k" * 200), "KeyError: '" + "k" * 156 + "...")):
+                        (KeyError("k" * 200), "KeyError: '" + "k" * 156 + "..."),
+                        (ValueError("v" * 160), "ValueError: " + "v" * 160),  # Whole up to 160.
+                        (ValueError("v" * 161), "ValueError: " + "v" * 157 + "...")):
     def fail(manager, epoch, target, raised=raised):
       raise raised
     monkeypatch.setattr(checkpoint.Checkpoints, "_quiet_restore", staticmethod(fail))
@@ -209,3 +212,28 @@ def test_a_damaged_checkpoint_is_one_error_and_nothing_on_stderr(tmp_path, capfd
     with pytest.raises(UserError, match="checkpoint cannot be read"):
       ckpts.restore("best", target=_tree(0))
   assert capfd.readouterr().err == ""
+
+
+class _FailingManager:
+  """Stands in for an orbax manager whose restore fails, recording what is done to it."""
+
+  closed = False
+
+  def restore(self, epoch, args):
+    raise ValueError("damaged")
+
+  def close(self):
+    self.closed = True
+
+
+def test_a_failed_restore_closes_waits_and_quiets_asyncio_then_reraises(monkeypatch):
+  slept = []
+  monkeypatch.setattr(checkpoint.time, "sleep", slept.append)
+  asyncio_logger = logging.getLogger("asyncio")
+  monkeypatch.setattr(asyncio_logger, "level", logging.NOTSET)
+  manager = _FailingManager()
+  with pytest.raises(ValueError, match="^damaged$"):
+    checkpoint.Checkpoints._quiet_restore(manager, 3, _tree(0))
+  # Closed, then one second for the reads in flight, then asyncio's logger quiet.
+  assert manager.closed and slept == [1.0]
+  assert asyncio_logger.level == logging.CRITICAL
