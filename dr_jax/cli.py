@@ -66,8 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-processes", type=int, metavar="N", help="(JAX_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, metavar="I", help="0..N-1 (JAX_PROCESS_ID)")
 
+  def add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="train as many epochs as fit in MINUTES on this machine, measured after "
+                   "compiling (--config.train.budget_minutes); the count goes into config.json")
+
   p = add("train", "Train a config; resumes when the workdir has a checkpoint.")
   add_config(p)
+  add_budget(p)
   p.add_argument("--workdir", type=pathlib.Path, metavar="DIR",
                  help="where checkpoints, logs and TensorBoard go (default: runs/<config name>)")
   add_data_dir(p)
@@ -118,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/default"),
                  metavar="DIR", help="the run's directory")
   add_config(p, "default")
+  add_budget(p)
 
   p = add("bench", "Time the jitted train step and predict on synthetic data.")
   add_config(p, "default")
@@ -183,6 +190,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
 
   if overrides and args.command not in ("train", "run", "summary", "bench", "sweep", "config"):
     raise UserError(f"--config.{overrides[0]}: `{args.command}` takes no config overrides")
+  if getattr(args, "budget", None) is not None:
+    overrides = [*overrides, f"train.budget_minutes={args.budget}"]
   cfg = api.resolve_config(args.config, overrides) if args.command in (
       "train", "run", "summary", "bench", "config") else None
   if args.command in ("train", "predict"):

@@ -62,6 +62,8 @@ RANGES = {
     "train.early_stop": (0, math.inf, "[)"),  # 0: never stop early.
     "train.label_smoothing": (0, 1, "[)"),
     "train.ema_decay": (0, 1, "[)"),
+    "train.target_accuracy": (0, 1, "(]"),
+    "train.budget_minutes": (0, math.inf, "[)"),
     "pseudo.threshold": (0, 1, "(]"),
 }
 
@@ -145,6 +147,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Validate, keep as best and predict with an exponential moving average of the parameters,
   # updated every step with this decay (e.g. 0.999); 0: the parameters themselves.
   c.train.ema_decay = 0.0
+  # The log says when validation accuracy first reaches this; `report` and `sweep` show the
+  # minutes it took (time to accuracy). Changes nothing in training.
+  c.train.target_accuracy = 0.995
+  # Minutes for the whole of `train` (loading and compiling included) on this machine: the step
+  # rate is measured after compiling and num_epochs becomes the most epochs that fit (recorded
+  # in the run's config.json). 0: num_epochs as given.
+  c.train.budget_minutes = 0.0
 
   # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
   c.pseudo = ml_collections.ConfigDict()

@@ -144,3 +144,10 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.asarray(multihost_utils.process_allgather(np.array([flag]))).any())
+
+
+def min_over_processes(value: int) -> int:
+  """The smallest of every process's `value` (every process must call this at the same point)."""
+  if jax.process_count() == 1:
+    return value
+  return int(np.asarray(multihost_utils.process_allgather(np.array([value]))).min())

@@ -21,7 +21,8 @@ from dr_jax.files import atomic_write_text
 _TAGS = (("train_loss", "loss/train"), ("val_loss", "loss/val"),
          ("train_accuracy", "accuracy/train"), ("val_accuracy", "accuracy/val"),
          ("val_accuracy_ensemble", "accuracy/val_ensemble"), ("lr", "learning_rate"),
-         ("epoch_time_s", "perf/epoch_time_s"), ("images_per_s", "perf/images_per_s"))
+         ("epoch_time_s", "perf/epoch_time_s"), ("images_per_s", "perf/images_per_s"),
+         ("elapsed_s", "perf/elapsed_s"))
 # The HPARAMS tab's metrics: the run's own scalar tags, plus the best accuracy written at the end.
 HPARAM_METRICS = ("accuracy/val", "loss/val", "accuracy/train", "hparam/best_val_accuracy")
 EXAMPLES_TAG = "train/augmented_examples"
@@ -68,6 +69,31 @@ def _records(path: pathlib.Path) -> list[dict[str, Any]]:
   return records
 
 
+def val_accuracy(record: dict[str, Any]) -> float:
+  """The validation accuracy a record is judged by: the ensemble's where it has one."""
+  return record.get("val_accuracy_ensemble", record["val_accuracy"])
+
+
+def elapsed_minutes(records: list[dict[str, Any]]) -> list[float]:
+  """Wall-clock minutes from the run's start to the end of each record's epoch.
+
+  Records written without `elapsed_s` count their epochs' training time only.
+  """
+  if all("elapsed_s" in r for r in records):
+    return [r["elapsed_s"] / 60 for r in records]
+  return list(np.cumsum([r["epoch_time_s"] for r in records]) / 60)
+
+
+def time_to_accuracy(records: list[dict[str, Any]],
+                     target: float) -> tuple[int, float] | None:
+  """(epoch, minutes) of the first record whose validation accuracy reached `target`; None if
+  none did."""
+  for record, minutes in zip(records, elapsed_minutes(records)):
+    if val_accuracy(record) >= target:
+      return record["epoch"], minutes
+  return None
+
+
 def read_metrics(workdir: pathlib.Path) -> list[dict[str, Any]]:
   """The per-epoch records of `workdir/metrics.jsonl`, oldest first."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
@@ -92,11 +118,15 @@ class MetricsWriter:
     self.active = distributed.is_primary()
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.cfg = cfg
+    self.records: list[dict[str, Any]] = []  # Every epoch's record so far, resumed ones too.
+    # Wall-clock seconds the run had taken before this session: a resume's clock goes on.
+    self.elapsed_before_s = 0.0
     if not self.active:
       return
     if self.path.exists():
-      kept = [r for r in _records(self.path) if r["epoch"] <= epoch]
-      atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+      self.records = [r for r in _records(self.path) if r["epoch"] <= epoch]
+      atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+      self.elapsed_before_s = self.records[-1].get("elapsed_s", 0.0) if self.records else 0.0
     # flush_secs: what is written reaches the file (and TensorBoard) within seconds, the run's
     # start too; the suffix keeps a resume in the same second from reusing the start's file name.
     self.tensorboard = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
@@ -127,6 +157,7 @@ class MetricsWriter:
       self.tensorboard.add_scalar(f"members/{m}/val_accuracy", acc, epoch)
       self.tensorboard.add_scalar(f"members/{m}/learning_rate", record["lr_members"][m], epoch)
     self.epoch = epoch
+    self.records.append(record)
     self.tensorboard.flush()
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")

@@ -90,7 +90,7 @@ def train_data_dir(workdir: pathlib.Path) -> pathlib.Path | None:
 # Keys a resume may change: how the run is computed or used, not what it is. num_epochs too, for
 # schedules set per epoch (a per-step schedule's shape depends on the total step count).
 RESUMABLE_KEYS = ("predict.tta", "train.eval_batch_size", "train.early_stop", "train.fast_cpu",
-                  "train.steps_per_call", "ensemble.vectorize")
+                  "train.steps_per_call", "ensemble.vectorize", "train.target_accuracy")
 PER_EPOCH_SCHEDULES = ("plateau", "constant", "exponential")
 
 

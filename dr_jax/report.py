@@ -25,9 +25,9 @@ from dr_jax.files import atomic_write_bytes, atomic_write_text
 
 DPI = 100
 # Inches; at DPI each PNG is exactly figsize * DPI pixels (no tight bounding box).
-FIGSIZES = {"learning_curves": (15.0, 4.0), "confusion_matrix": (7.0, 6.0),
-            "worst_errors": (12.0, 9.0), "conv1_filters": (6.0, 6.0), "digit": (3.0, 3.0),
-            "feature_maps": (8.0, 8.0)}
+FIGSIZES = {"learning_curves": (15.0, 4.0), "time_to_accuracy": (7.0, 4.0),
+            "confusion_matrix": (7.0, 6.0), "worst_errors": (12.0, 9.0),
+            "conv1_filters": (6.0, 6.0), "digit": (3.0, 3.0), "feature_maps": (8.0, 8.0)}
 WORST_ERRORS = 24
 
 
@@ -128,6 +128,28 @@ def plot_learning_curves(records: list[dict]) -> Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
   axes[0].legend()
+  return fig
+
+
+def plot_time_to_accuracy(records: list[dict], target: float) -> Figure:
+  """Validation accuracy against wall-clock minutes, the target and where it was first met."""
+  fig = _figure("time_to_accuracy")
+  ax = fig.subplots()
+  minutes = metrics.elapsed_minutes(records)
+  ax.plot(minutes, [metrics.val_accuracy(r) for r in records], "o-", label="validation")
+  ax.axhline(target, color="gray", linestyle=":", label=f"target {target:.4f}")
+  reached = metrics.time_to_accuracy(records, target)
+  if reached:
+    ax.axvline(reached[1], color="tab:green", linestyle="--",
+               label=f"reached at {reached[1]:.1f} min (epoch {reached[0]})")
+  timed = all("elapsed_s" in r for r in records)
+  ax.set_xlabel("wall-clock minutes since the run started" if timed
+                else "minutes of training (epochs only)")
+  ax.set_ylabel("validation accuracy")
+  ax.set_title("time to accuracy")
+  ax.ticklabel_format(axis="y", useOffset=False)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right")
   return fig
 
 
@@ -244,7 +266,9 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path,
   maps = feature_maps(predictor.apply_fn, member, images[chosen], predictor.preprocess)
 
   out = workdir / "report"
+  target = cfg.train.get("target_accuracy", 0.995)  # Runs trained before the key: its default.
   figures = {"learning_curves": plot_learning_curves(records),
+             "time_to_accuracy": plot_time_to_accuracy(records, target),
              "confusion_matrix": plot_confusion(counts, split.classes),
              "worst_errors": plot_worst_errors(images, labels, probs, worst, split.classes),
              "conv1_filters": plot_filters(first_conv_kernel(member["params"], images.shape[-1]),
@@ -266,13 +290,19 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path,
   test_accuracy = _test_accuracy(workdir, data_dir)
   index = out / "index.md"
   atomic_write_text(index, _index_text(workdir, records, predictor, counts, test_accuracy, paths,
-                                       " (member 0)" if own_split else ""))
+                                       " (member 0)" if own_split else "", target))
   return index
+
+
+def _reached_text(records: list[dict], target: float) -> str:
+  reached = metrics.time_to_accuracy(records, target)
+  return (f"{reached[1]:.1f} min (epoch {reached[0]})" if reached
+          else f"not reached in {records[-1]['epoch']} epochs")
 
 
 def _index_text(workdir: pathlib.Path, records: list[dict], predictor: evaluate.Predictor,
                 counts: np.ndarray, test_accuracy: float | None,
-                paths: dict[str, pathlib.Path], by: str) -> str:
+                paths: dict[str, pathlib.Path], by: str, target: float) -> str:
   """The markdown page: a short results table, then every figure by relative link."""
   n, errors = int(counts.sum()), int(counts.sum() - np.trace(counts))
   test = f"{test_accuracy:.4f}" if test_accuracy is not None else \
@@ -283,11 +313,13 @@ def _index_text(workdir: pathlib.Path, records: list[dict], predictor: evaluate.
            f"| best epoch | {predictor.run.epoch} of {records[-1]['epoch']} |",
            f"| best val accuracy{mean} | {predictor.run.best_val_accuracy:.4f} |",
            f"| val errors below{by} | {errors} of {n} (accuracy {(n - errors) / n:.4f}) |",
+           f"| time to val accuracy {target:.4f} | {_reached_text(records, target)} |",
            f"| test accuracy | {test} |", ""]
   if predictor.members > 1:
     lines.insert(4, f"| ensemble members | {predictor.members} |")
-  captions = {"learning_curves": "Learning curves", "confusion_matrix": "Confusion matrix "
-              "(validation)", "worst_errors": "Most confident errors (validation)",
+  captions = {"learning_curves": "Learning curves", "time_to_accuracy": "Time to accuracy",
+              "confusion_matrix": "Confusion matrix (validation)",
+              "worst_errors": "Most confident errors (validation)",
               "conv1_filters": "First-layer filters", "digit": "Feature maps: input image"}
   for name, path in paths.items():
     caption = captions.get(name, f"Feature maps: {name.removeprefix('feature_maps_')}")

@@ -28,7 +28,8 @@ from dr_jax.files import atomic_write_text
 QUICK_OVERRIDES = ("num_epochs=2", "data.subset=2000")
 RESULT = "result.json"
 COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
-           "best_epoch", "epochs", "wall_s", "images_per_s", "resumed", "run_dir")
+           "best_epoch", "epochs", "wall_s", "minutes_to_target", "images_per_s", "resumed",
+           "run_dir")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -123,7 +124,8 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
   result = {"config": run.name, "seed_index": run.seed_index, "seed": run.cfg.seed,
             "status": "ok", "best_val_accuracy": None, "test_accuracy": None,
             "best_epoch": None, "epochs": run.cfg.num_epochs, "wall_s": None,
-            "images_per_s": None, "resumed": resumed, "run_dir": str(run.run_dir)}
+            "minutes_to_target": None, "images_per_s": None, "resumed": resumed,
+            "run_dir": str(run.run_dir)}
   start = time.time()
   try:
     summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir,
@@ -137,9 +139,11 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
     out, _ = predict.predict(run.run_dir, data_dir)
     answers = data_dir / ANSWERS_FILE
     records = metrics.read_metrics(run.run_dir)
+    reached = metrics.time_to_accuracy(records, run.cfg.train.target_accuracy)
     result.update(best_val_accuracy=summary["best_val_accuracy"],
                   best_epoch=summary["best_epoch"], epochs=summary["epochs"],
                   test_accuracy=predict.score(out, answers) if answers.is_file() else None,
+                  minutes_to_target=reached[1] if reached else None,
                   images_per_s=float(np.mean([r["images_per_s"] for r in records])))
   # For a resumed run this is the time of the session that finished it (see `resumed`).
   result["wall_s"] = time.time() - start
@@ -185,8 +189,11 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ok = [r for r in results if r["config"] == name and r["status"] == "ok"]
     row = {"config": name, "n": len(ok),
            "diverged": sum(r["config"] == name and r["status"] == "diverged" for r in results)}
-    for key in ("best_val_accuracy", "test_accuracy", "best_epoch", "wall_s", "images_per_s"):
-      row[key] = _mean_std([r[key] for r in ok if r[key] is not None])
+    for key in ("best_val_accuracy", "test_accuracy", "best_epoch", "wall_s", "minutes_to_target",
+                "images_per_s"):
+      # .get: result.json files written before minutes_to_target existed lack it.
+      row[key] = _mean_std([r[key] for r in ok if r.get(key) is not None])
+    row["reached"] = sum(r.get("minutes_to_target") is not None for r in ok)
     rows.append(row)
   return rows
 
@@ -198,19 +205,31 @@ def _fmt(stat: tuple[float, float] | None, digits: int, n: int) -> str:
   return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
 
 
+def _target_cell(row: dict[str, Any]) -> str:
+  """Mean ± std minutes to the target, and how many seeds reached it when not all did."""
+  if not row["reached"]:
+    return "not reached" if row["n"] else "–"
+  cell = _fmt(row["minutes_to_target"], 1, row["reached"])
+  return cell if row["reached"] == row["n"] else f"{cell} ({row['reached']} of {row['n']})"
+
+
 def results_markdown(results: list[dict[str, Any]]) -> str:
   """results.md: one row per config, mean ± sample std over its seeds."""
   lines = ["# Sweep results", "",
            "Mean ± sample standard deviation over seeds (seed = the config's seed + i); one row "
            "per run in results.csv.", "",
            "| config | seeds | best val accuracy | test accuracy | epochs to best | wall time (s) "
-           "| images/s |", "|---|---|---|---|---|---|---|"]
+           "| minutes to target | images/s |", "|---|---|---|---|---|---|---|---|"]
   for row in summarize(results):
     n = row["n"]
     seeds = f"{n} (+{row['diverged']} diverged)" if row["diverged"] else str(n)
     lines.append(f"| {row['config']} | {seeds} | {_fmt(row['best_val_accuracy'], 4, n)} | "
                  f"{_fmt(row['test_accuracy'], 4, n)} | {_fmt(row['best_epoch'], 1, n)} | "
-                 f"{_fmt(row['wall_s'], 0, n)} | {_fmt(row['images_per_s'], 0, n)} |")
+                 f"{_fmt(row['wall_s'], 0, n)} | {_target_cell(row)} | "
+                 f"{_fmt(row['images_per_s'], 0, n)} |")
+  lines += ["", "Minutes to target: wall-clock minutes from the start of training until the "
+            "validation accuracy first reached the config's train.target_accuracy (default "
+            "0.995), over the seeds that reached it."]
   if any(r["resumed"] for r in results):
     lines += ["", "Some runs were resumed after an interruption; their wall time is that of the "
               "session that finished them."]

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from dr_jax import (augment, build, checkpoint, data, distributed, evaluate, files, interrupts,
-                    metrics, models, optim, parallel, provenance, steps, xla)
+from dr_jax import (augment, budget, build, checkpoint, data, distributed, evaluate, files,
+                    interrupts, metrics, models, optim, parallel, provenance, steps, xla)
 from dr_jax.config import check
 from dr_jax.errors import UserError
 from dr_jax.run_state import RunState
@@ -163,6 +163,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   member's training rows.
   """
   check(cfg)
+  session_start = time.time()  # The run's clock: data, compile, epochs, saves.
   workdir = pathlib.Path(workdir)
   mesh = parallel.data_mesh(cfg.batch_size)
   metrics.log(f"loading data from {data_dir}…")
@@ -170,6 +171,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   cfg = build.resolve(cfg, split)  # The labels and image shape train.csv has.
   models.check_input(build.model(cfg), build.image_shape(cfg))
   _prepare_workdir(workdir)  # Only once the data is known to be good.
+  ckpts = checkpoint.Checkpoints(workdir)
+  resuming = ckpts.latest_epoch("latest") is not None
+  # A resumed budgeted run keeps the epoch count its first session measured.
+  earlier = budget.with_earlier_epochs(cfg, workdir) if cfg.train.budget_minutes and resuming \
+      else None
+  cfg = earlier or cfg
   plan = epoch_plan(split.train_idx.shape[1], cfg)
   tx = optim.make_optimizer(cfg, plan.steps * cfg.num_epochs)
   init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
@@ -178,19 +185,23 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   state = jax.jit(lambda key: init_state(cfg, tx, key),
                   out_shardings=parallel.replicated(mesh))(init_key)
   pseudo_record = pseudo_labels.record() if pseudo_labels else None
-  ckpts = checkpoint.Checkpoints(workdir)
   state, best, run = _resume_or_start(cfg, workdir, ckpts, split, state, pseudo_record)
-  if distributed.is_primary():
-    provenance.write_run_files(workdir, cfg, run.epoch > 0, split.source, split.digest,
-                               pseudo_record)
   metrics.log("compiling the train step…")
   compile_start = time.time()
   program = compile_program(cfg, split, state, mesh, plan)
+  compile_s = time.time() - compile_start
   metrics.log(f"{parallel.describe(mesh)}; {_plural(cfg.ensemble.size, 'member')}; "
               f"{split.train_idx.shape[1]} train / {split.val_idx.shape[1]} val images; "
               f"{plan.steps} steps of {cfg.batch_size} per epoch; "
               f"{models.count_params(state.params) // cfg.ensemble.size:,} parameters per member; "
-              f"train step compiled in {time.time() - compile_start:.1f}s")
+              f"train step compiled in {compile_s:.1f}s")
+  if cfg.train.budget_minutes and earlier is None:
+    cfg, state, program = _fit_budget(cfg, split, state, mesh, program, compile_s,
+                                      session_start)
+  # After the budget is resolved: config.json holds the epoch count the run trains.
+  if distributed.is_primary():
+    provenance.write_run_files(workdir, cfg, run.epoch > 0, split.source, split.digest,
+                               pseudo_record)
 
   writer = metrics.MetricsWriter(workdir, cfg, run.epoch,
                                  _augmented_examples(cfg, split) if run.epoch == 0 else None)
@@ -216,10 +227,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
       if improved.any():
         best = keep_best(best, steps.eval_variables(state), improved)
       record = _epoch_record(run, train, scores, state, seconds, cfg, plan)
-      writer.write_epoch(record)
+      writer.write_epoch(record | {"elapsed_s": writer.elapsed_before_s
+                                   + time.time() - session_start})
       ckpts.save_epoch(_ckpt_tree(state), best if improved.any() else None, run)
       eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
       metrics.log(_progress_line(record, bool(improved.all()), cfg.num_epochs, eta))
+      _log_target(writer.records, cfg.train.target_accuracy, epoch)
       stop.check()
   summary = {"best_epoch": run.best_epoch, "best_val_accuracy": run.best_val_accuracy,
              "epochs": run.epoch, "stopped_early": stopped_early, "workdir": str(workdir)}
@@ -228,6 +241,46 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
               f"checkpoint {workdir / 'checkpoints' / 'best'}; TensorBoard: "
               f"tensorboard --logdir {workdir / 'tensorboard'}")
   return summary
+
+
+def _fit_budget(cfg: ml_collections.ConfigDict, split: build.Split, state: steps.TrainState,
+                mesh: jax.sharding.Mesh, program: Program, compile_s: float,
+                session_start: float) -> tuple[ml_collections.ConfigDict, steps.TrainState,
+                                               Program]:
+  """The config, state and program with as many epochs as fit in train.budget_minutes."""
+  cost = _epoch_cost(cfg, split, state, program)
+  spent_s = time.time() - session_start
+  # A per-step schedule's length is compiled into the step: it compiles again.
+  recompile_s = 0.0 if optim.is_per_epoch(cfg) else compile_s
+  epochs = distributed.fail_together(lambda: budget.epochs_within(
+      cfg.train.budget_minutes, spent_s, cost, recompile_s))
+  epochs = distributed.min_over_processes(epochs)  # Each process measured its own rate.
+  cfg = budget.with_epochs(cfg, epochs)
+  metrics.log(f"train.budget_minutes={cfg.train.budget_minutes:g}: {_plural(epochs, 'epoch')} of "
+              f"≈ {cost.total_s:.1f}s (train {cost.train_s:.1f}s, validation "
+              f"{cost.validation_s:.1f}s, +{budget.MARGIN:.0%}) after {spent_s:.0f}s of loading "
+              f"and compiling; num_epochs={epochs} goes into config.json")
+  if recompile_s:
+    state = state.replace(tx=optim.make_optimizer(cfg, program.plan.steps * epochs))
+    program = compile_program(cfg, split, state, mesh, program.plan)
+  return cfg, state, program
+
+
+def _epoch_cost(cfg: ml_collections.ConfigDict, split: build.Split, state: steps.TrainState,
+                program: Program) -> budget.EpochCost:
+  """An epoch's train calls and validation pass, timed on a copy of the state: up to eight
+  fused calls after one untimed, and a second validation pass."""
+  k = program.plan.per_call
+  members = program.train_idx.shape[0]
+  idx, keys = program.make_batches(jax.random.split(jax.random.key(0), members),
+                                   program.train_idx)
+  calls = [(jax.device_put(idx[:, i * k:(i + 1) * k], program.batch_sharding),
+            keys[:, i * k:(i + 1) * k]) for i in range(min(program.plan.steps // k, 8))]
+  per_call = budget.seconds_per_call(program.train_calls[k], state, calls)
+  predictor = dataclasses.replace(program.predictor, variables=steps.eval_variables(state))
+  validation_s = budget.seconds_of(
+      lambda: evaluate.validation_scores(predictor, split, cfg.train.eval_batch_size))
+  return budget.EpochCost(per_call * program.plan.steps / k, validation_s)
 
 
 def _resume_or_start(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -342,6 +395,14 @@ def _progress_line(record: dict[str, Any], all_improved: bool, num_epochs: int,
           f"{record['val_accuracy']:.4f}{ensemble}{' (best)' if all_improved else ''} | lr "
           f"{record['lr']:.2e} | {record['epoch_time_s']:.1f}s, "
           f"{record['images_per_s']:.0f} img/s | ETA {eta_s / 60:.1f} min")
+
+
+def _log_target(records: list[dict[str, Any]], target: float, epoch: int) -> None:
+  """Says so when this epoch is the first whose validation accuracy reached `target`."""
+  reached = metrics.time_to_accuracy(records, target)
+  if reached and reached[0] == epoch:
+    metrics.log(f"validation accuracy first reached {target:.4f} (train.target_accuracy) at "
+                f"epoch {epoch}, {reached[1]:.1f} min into the run")
 
 
 def _plural(n: int, word: str) -> str:

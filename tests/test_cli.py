@@ -333,6 +333,20 @@ def test_a_pseudo_label_teacher_that_was_never_trained(cli_main, data, guarded, 
   assert snapshot(guarded) == before
 
 
+def test_a_budget_that_fits_no_epoch(cli_main, data, tmp_path):
+  workdir = tmp_path / "run"
+  code, _, err = cli_main("train", "--config", TINY, "--workdir", workdir, "--data-dir", data,
+                          *QUICK, *NARROW, "--budget", "0.001")
+  # Known only once compiled: the progress lines come first, the error is the last line.
+  assert code == 2 and "Traceback" not in err
+  assert re.fullmatch(r"dr-jax: error: train\.budget_minutes=0\.001 fits no epoch on this machine: "
+                      r"\d+\.\d\d min to load and compile, then \d+\.\d\d min per epoch; raise "
+                      r"--budget", err.strip().splitlines()[-1])
+  assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
+  assert_user_error(cli_main("run", "--config", TINY, "--workdir", workdir, "--data-dir", data,
+                            "--budget", "-1"), "train.budget_minutes")
+
+
 def test_wrong_typed_override(cli_main, data, guarded):
   assert_user_error(cli_main("train", "--config", TINY, "--workdir", guarded, "--data-dir", data,
                             "--config.num_epochs=abc"), "num_epochs=abc", "int")

@@ -143,3 +143,47 @@ def test_a_damaged_line_before_the_last_is_a_one_line_error(tmp_path):
   with pytest.raises(UserError, match=f"^{path}: line 1 is not JSON"):
     metrics.read_metrics(tmp_path)
   assert path.read_text().startswith("{not json")
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_or_over_the_target_and_its_minutes():
+  records = [{"epoch": e, "val_accuracy": a, "elapsed_s": s, "epoch_time_s": 1.0}
+             for e, a, s in ((1, 0.98, 90.0), (2, 0.995, 150.0), (3, 0.993, 210.0),
+                             (4, 0.997, 270.0))]
+  assert metrics.elapsed_minutes(records) == [1.5, 2.5, 3.5, 4.5]
+  assert metrics.time_to_accuracy(records, 0.995) == (2, 2.5)  # Reached exactly counts.
+  assert metrics.time_to_accuracy(records, 0.996) == (4, 4.5)  # Not the epoch after a dip.
+  assert metrics.time_to_accuracy(records, 0.98) == (1, 1.5)
+  assert metrics.time_to_accuracy(records, 0.998) is None
+
+
+def test_an_ensemble_is_judged_by_its_own_accuracy_not_its_members_mean():
+  records = [{"epoch": 1, "val_accuracy": 0.990, "val_accuracy_ensemble": 0.996,
+              "elapsed_s": 60.0},
+             {"epoch": 2, "val_accuracy": 0.996, "val_accuracy_ensemble": 0.994,
+              "elapsed_s": 120.0}]
+  assert metrics.val_accuracy(records[0]) == 0.996
+  assert metrics.time_to_accuracy(records, 0.995) == (1, 1.0)
+
+
+def test_records_without_elapsed_time_count_their_training_minutes():
+  records = [{"epoch": 1, "val_accuracy": 0.5, "epoch_time_s": 30.0},
+             {"epoch": 2, "val_accuracy": 0.6, "epoch_time_s": 90.0, "elapsed_s": 500.0}]
+  assert metrics.elapsed_minutes(records) == [0.5, 2.0]  # One lacks it: none is used.
+
+
+def test_a_resumed_writer_continues_the_runs_clock_and_keeps_its_records(tmp_path):
+  cfg = tiny_config()
+  writer = metrics.MetricsWriter(tmp_path, cfg, 0)
+  assert writer.elapsed_before_s == 0.0
+  for epoch, seconds in ((1, 40.0), (2, 75.0), (3, 110.0)):
+    writer.write_epoch(_record(epoch, 0.5) | {"elapsed_s": seconds})
+  writer.close(0.5)
+  assert [r["epoch"] for r in writer.records] == [1, 2, 3]
+  # Resumed from epoch 2's checkpoint: epoch 3 is dropped, the clock goes on from epoch 2's.
+  writer = metrics.MetricsWriter(tmp_path, cfg, 2)
+  assert writer.elapsed_before_s == 75.0
+  assert [r["epoch"] for r in writer.records] == [1, 2]
+  writer.write_epoch(_record(3, 0.6) | {"elapsed_s": 120.0})
+  writer.close(0.6)
+  assert [r["epoch"] for r in writer.records] == [1, 2, 3]
+  assert [r["elapsed_s"] for r in metrics.read_metrics(tmp_path)] == [40.0, 75.0, 120.0]

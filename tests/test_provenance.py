@@ -77,7 +77,7 @@ def _trained_with(tmp_path, **overrides):
 @pytest.mark.parametrize("key, value", [
     ("predict.tta", 5), ("train.eval_batch_size", 64), ("train.early_stop", 3),
     ("train.fast_cpu", False), ("train.steps_per_call", 1), ("ensemble.vectorize", "loop"),
-    ("num_epochs", 9)])
+    ("num_epochs", 9), ("train.target_accuracy", 0.99)])
 def test_resume_may_change_how_the_run_is_computed_or_used(tmp_path, key, value):
   provenance.check_config(_trained_with(tmp_path), tiny_config(**{key: value}))
 

@@ -13,9 +13,9 @@ from dr_jax import build, cli, evaluate, models, predict, provenance, report, st
 from dr_jax.errors import UserError
 from conftest import tiny_config
 
-FIGURES = {"learning_curves", "confusion_matrix", "worst_errors", "conv1_filters", "digit",
-           "feature_maps_Conv_0", "feature_maps_Conv_1", "feature_maps_Conv_2",
-           "feature_maps_Conv_3"}
+FIGURES = {"learning_curves", "time_to_accuracy", "confusion_matrix", "worst_errors",
+           "conv1_filters", "digit", "feature_maps_Conv_0", "feature_maps_Conv_1",
+           "feature_maps_Conv_2", "feature_maps_Conv_3"}
 
 
 def png_size(path):
@@ -102,6 +102,31 @@ def test_index_numbers_are_those_of_the_files_on_disk(reported, data_dir):
   assert best_accuracy == f"{best['val_accuracy']:.4f}"
   hand = _hand_test_accuracy(workdir / "submission.csv", data_dir / "test_answers.csv")
   assert test == f"{hand:.4f}"
+
+
+def test_index_gives_the_minutes_to_the_target_from_metrics_on_disk(reported):
+  workdir, index = reported
+  _, records = _best_record(workdir)
+  line = re.search(r"^\| time to val accuracy 0\.9950 \| (.*) \|$", index.read_text(), re.M)
+  reached = [r for r in records if r["val_accuracy"] >= 0.995]
+  expected = (f"{reached[0]['elapsed_s'] / 60:.1f} min (epoch {reached[0]['epoch']})" if reached
+              else "not reached in 2 epochs")
+  assert line.group(1) == expected
+
+
+def test_time_to_accuracy_figure_marks_where_the_target_was_met():
+  records = [{"epoch": 1, "val_accuracy": 0.99, "elapsed_s": 60.0},
+             {"epoch": 2, "val_accuracy": 0.996, "elapsed_s": 150.0}]
+  fig = report.plot_time_to_accuracy(records, 0.995)
+  ax = fig.axes[0]
+  assert list(ax.lines[0].get_xdata()) == [1.0, 2.5]
+  assert list(ax.lines[0].get_ydata()) == [0.99, 0.996]
+  assert [line.get_label() for line in ax.lines[1:]] == ["target 0.9950",
+                                                         "reached at 2.5 min (epoch 2)"]
+  assert list(ax.lines[2].get_xdata()) == [2.5, 2.5]
+  assert ax.get_xlabel() == "wall-clock minutes since the run started"
+  not_met = report.plot_time_to_accuracy(records, 0.999).axes[0]
+  assert [line.get_label() for line in not_met.lines[1:]] == ["target 0.9990"]
 
 
 def test_index_names_the_best_epoch_not_the_last(tmp_path, data_dir, monkeypatch):

@@ -67,6 +67,7 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
     assert 0.0 <= float(row["test_accuracy"]) <= 1.0
     assert 0.0 <= float(row["best_val_accuracy"]) <= 1.0
     assert float(row["images_per_s"]) > 0 and float(row["wall_s"]) > 0
+    assert row["minutes_to_target"] == ""  # One tiny epoch: far from 0.995.
   for result in results:
     saved = json.loads((workdir / result["config"] / f"seed{result['seed_index']}"
                         / "result.json").read_text())
@@ -195,6 +196,27 @@ def test_summary_counts_diverged_runs_and_shows_no_spread_for_one_seed():
   assert "| a | 2 | 0.8500 ± 0.0707 | – |" in md
   assert "| b | 1 (+1 diverged) | 0.9000 | – |" in md
   assert "mean ± std over seeds" in sweep.plot_results(results).axes[0].get_xlabel()
+
+
+def test_minutes_to_target_over_the_seeds_that_reached_it():
+  ok = {"status": "ok", "best_val_accuracy": 0.996, "test_accuracy": None, "best_epoch": 3,
+        "wall_s": 600.0, "images_per_s": 100.0, "resumed": False}
+  results = [dict(ok, config="all", minutes_to_target=4.0),
+             dict(ok, config="all", minutes_to_target=6.0),
+             dict(ok, config="some", minutes_to_target=5.0),
+             dict(ok, config="some", minutes_to_target=None),
+             dict(ok, config="none", minutes_to_target=None),
+             dict(ok, config="old")]  # A result.json written before the column existed.
+  rows = {row["config"]: row for row in sweep.summarize(results)}
+  assert rows["all"]["minutes_to_target"] == pytest.approx((5.0, 1.4142136))
+  assert (rows["some"]["reached"], rows["some"]["minutes_to_target"]) == (1, (5.0, 0.0))
+  md = sweep.results_markdown(results)
+  assert "| 600 ± 0 | 5.0 ± 1.4 | 100 ± 0 |" in md.splitlines()[6]
+  assert "| 600 ± 0 | 5.0 (1 of 2) | 100 ± 0 |" in md.splitlines()[7]
+  assert "| 600 | not reached | 100 |" in md.splitlines()[8]
+  assert "| 600 | not reached | 100 |" in md.splitlines()[9]
+  assert "train.target_accuracy (default 0.995)" in md
+  assert sweep.results_csv(results).splitlines()[0].split(",")[9] == "minutes_to_target"
 
 
 def test_cli_sweep_needs_seeds_and_takes_overrides(capsys):

@@ -48,6 +48,11 @@ def test_smoke_run_learns_and_writes_everything(smoke_run, data_dir):
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   assert all(math.isfinite(r["val_loss"]) and r["images_per_s"] > 0 for r in records)
+  # The run's clock: it covers loading and compiling too, so it leads the epochs' own times.
+  elapsed = [r["elapsed_s"] for r in records]
+  assert elapsed == sorted(set(elapsed))
+  assert elapsed[0] > records[0]["epoch_time_s"]
+  assert all(b - a >= r["epoch_time_s"] for a, b, r in zip(elapsed, elapsed[1:], records[1:]))
   best = max(records, key=lambda r: r["val_accuracy"])
   assert summary["best_epoch"] == best["epoch"]
   assert summary["best_val_accuracy"] == pytest.approx(best["val_accuracy"])
@@ -127,6 +132,22 @@ def test_a_parameters_average_is_validated_kept_as_best_and_resumed_bitwise(tmp_
   for key in ("params", "ema_params"):
     jax.tree.map(np.testing.assert_array_equal, latest[key], again[key])
   assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(whole)[-1]["val_accuracy"]
+
+
+def test_the_log_says_once_when_validation_first_reaches_the_target(tmp_path, data_dir, capsys):
+  train.train_and_evaluate(_cfg(num_epochs=1, **{"train.target_accuracy": 0.01}), tmp_path,
+                           data_dir)
+  first = capsys.readouterr().err
+  minutes = _metrics(tmp_path)[0]["elapsed_s"] / 60
+  assert (f"validation accuracy first reached 0.0100 (train.target_accuracy) at epoch 1, "
+          f"{minutes:.1f} min into the run\n") in first
+  # Resumed for a second epoch: the target was reached before, so the log does not repeat it.
+  train.train_and_evaluate(_cfg(num_epochs=2, **{"train.target_accuracy": 0.01}), tmp_path,
+                           data_dir)
+  second = capsys.readouterr().err
+  assert "resuming" in second and "epoch 2/2" in second
+  assert "first reached" not in second
+  assert _metrics(tmp_path)[1]["elapsed_s"] > _metrics(tmp_path)[0]["elapsed_s"]
 
 
 def test_finished_run_is_not_retrained(smoke_run, data_dir, capsys):

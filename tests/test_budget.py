@@ -1,0 +1,138 @@
+"""budget.py and train.budget_minutes: epochs sized to a wall-clock budget, recorded, resumed."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from dr_jax import budget, checkpoint, train
+from dr_jax.errors import UserError
+
+
+def test_epochs_within_is_the_whole_epochs_left_after_loading_and_compiling():
+  cost = budget.EpochCost(train_s=50.0, validation_s=5.0)
+  assert cost.total_s == pytest.approx(57.75)  # 5% for saves and slower epochs.
+  assert budget.epochs_within(10, 60.0, cost, 0.0) == 9  # 540 s / 57.75 = 9.35.
+  assert budget.epochs_within(10, 60.0, cost, 30.0) == 8  # A recompile comes first: 8.83.
+  assert budget.epochs_within(10, 0.0, cost, 22.5) == 10  # 577.5 s: exactly ten.
+  assert budget.epochs_within(1, 2.0, cost, 0.0) == 1
+
+
+def test_a_budget_that_fits_no_epoch_is_a_user_error_word_for_word():
+  cost = budget.EpochCost(train_s=50.0, validation_s=5.0)
+  with pytest.raises(UserError) as e:
+    budget.epochs_within(1, 20.0, cost, 10.0)
+  assert str(e.value) == ("train.budget_minutes=1 fits no epoch on this machine: 0.50 min to "
+                          "load and compile, then 0.96 min per epoch; raise --budget")
+
+
+def test_seconds_per_call_times_a_chain_from_a_copy_that_leaves_the_state_alone():
+  calls = []
+  step = jax.jit(lambda s, x: (s + x, s.sum()), donate_argnums=0)
+
+  def call(state, x):
+    calls.append(x)
+    return step(state, x)
+
+  state = jnp.zeros(3)
+  seconds = budget.seconds_per_call(call, state, [(1.0,), (2.0,), (3.0,)])
+  assert seconds > 0
+  assert calls == [1.0, 1.0, 2.0, 3.0]  # One untimed call, then each batch once.
+  np.testing.assert_array_equal(state, np.zeros(3))  # Still alive and unchanged: a copy ran.
+
+
+def test_seconds_of_times_the_second_call():
+  calls = []
+  assert budget.seconds_of(lambda: calls.append(1)) >= 0 and calls == [1, 1]
+
+
+def test_an_earlier_session_with_the_same_budget_gives_its_epoch_count(tmp_path):
+  cfg = tiny_config(**{"train.budget_minutes": 5.0})
+  assert budget.with_earlier_epochs(cfg, tmp_path) is None  # No run yet.
+  saved = tiny_config(**{"train.budget_minutes": 5.0, "num_epochs": 7})
+  (tmp_path / "config.json").write_text(saved.to_json())
+  resumed = budget.with_earlier_epochs(cfg, tmp_path)
+  assert resumed is not None and resumed.num_epochs == 7 and cfg.num_epochs == 2
+  other = tiny_config(**{"train.budget_minutes": 6.0})
+  assert budget.with_earlier_epochs(other, tmp_path) is None
+
+
+def _params(workdir):
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    return ckpts.restore("latest")[0]["params"]
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+# One-cycle: its length is compiled into the step, so the budget must recompile it.
+_ONECYCLE = {"schedule.name": "onecycle", "train.budget_minutes": 100.0}
+
+
+def test_a_budgeted_run_trains_the_epochs_that_fit_and_equals_that_many_epochs_without_one(
+    tmp_path, data_dir, monkeypatch, capsys):
+  # 1,000 s of training per epoch as measured: 6,000 s fit five (1,050 s each with the margin)
+  # as long as loading and the two compiles take under 750 s, on any machine.
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: budget.EpochCost(1000.0, 0.0))
+  budgeted = tmp_path / "budgeted"
+  summary = train.train_and_evaluate(tiny_config(**_ONECYCLE), budgeted, data_dir)
+  assert summary["epochs"] == 5 and [r["epoch"] for r in _records(budgeted)] == [1, 2, 3, 4, 5]
+  assert json.loads((budgeted / "config.json").read_text())["num_epochs"] == 5
+  log = capsys.readouterr().err
+  assert "train.budget_minutes=100: 5 epochs of ≈ 1050.0s (train 1000.0s, validation 0.0s, +5%)" \
+      in log and "num_epochs=5 goes into config.json" in log
+  plain = tmp_path / "plain"
+  train.train_and_evaluate(tiny_config(**{"schedule.name": "onecycle", "num_epochs": 5}), plain,
+                           data_dir)
+  assert [r["lr"] for r in _records(budgeted)] == [r["lr"] for r in _records(plain)]
+  for x, y in zip(jax.tree.leaves(_params(budgeted)), jax.tree.leaves(_params(plain))):
+    np.testing.assert_array_equal(x, y)
+
+  # Run again with the same budget: the recorded count stands, nothing is measured or retrained.
+  def must_not_measure(*args):
+    raise AssertionError("a resumed budgeted run measured again")
+
+  monkeypatch.setattr(train, "_epoch_cost", must_not_measure)
+  before = (budgeted / "metrics.jsonl").read_text()
+  assert train.train_and_evaluate(tiny_config(**_ONECYCLE), budgeted, data_dir)["epochs"] == 5
+  assert (budgeted / "metrics.jsonl").read_text() == before
+  # Another budget would size another run: refused, as any change of what the run is.
+  with pytest.raises(UserError, match="train.budget_minutes"):
+    train.train_and_evaluate(tiny_config(**(_ONECYCLE | {"train.budget_minutes": 200.0})),
+                             budgeted, data_dir)
+
+
+def test_a_budget_too_small_for_one_epoch_trains_nothing(tmp_path, data_dir):
+  with pytest.raises(UserError, match=r"^train.budget_minutes=0.001 fits no epoch on this "):
+    train.train_and_evaluate(tiny_config(**{"train.budget_minutes": 0.001}), tmp_path, data_dir)
+  assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "config.json").exists()
+  assert not list((tmp_path / "checkpoints").glob("*/*"))
+
+
+def test_the_measured_epoch_cost_is_positive_and_leaves_the_state_alone(tmp_path, data_dir,
+                                                                          monkeypatch):
+  seen = {}
+  real_cost, real_epochs = train._epoch_cost, budget.epochs_within
+
+  def cost(cfg, split, state, program):
+    before = jax.tree.map(np.asarray, state.params)
+    seen["cost"] = real_cost(cfg, split, state, program)
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+      np.testing.assert_array_equal(x, y)
+    return seen["cost"]
+
+  def epochs(*args):
+    seen["epochs"] = real_epochs(*args)
+    return 1  # An hour of tiny epochs is thousands: train one.
+
+  monkeypatch.setattr(train, "_epoch_cost", cost)
+  monkeypatch.setattr(budget, "epochs_within", epochs)
+  train.train_and_evaluate(tiny_config(**{"train.budget_minutes": 60.0}), tmp_path, data_dir)
+  assert seen["cost"].train_s > 0 and seen["cost"].validation_s > 0
+  assert seen["epochs"] > 100
+  assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 1
+  assert [r["epoch"] for r in _records(tmp_path)] == [1]
