@@ -289,7 +289,8 @@ def test_score_names_missing_and_unknown_ids_and_each_files_role(tmp_path):
   assert str(info.value) == f"submission file {tmp_path / 'none.csv'} not found"
 
 
-@pytest.mark.parametrize("name", ["train.csv.gz", "test.csv.gz", "sample_submission.csv"])
+@pytest.mark.parametrize("name", ["train.csv", "test.csv", "train.csv.gz", "test.csv.gz",
+                                  "sample_submission.csv"])
 def test_blend_refuses_every_data_file_as_out_before_any_work(tmp_path, name):
   data_dir = tmp_path / "data"
   data_dir.mkdir()
@@ -333,10 +334,25 @@ def test_a_sample_submission_gives_its_header_and_ids(tmp_path):
   layout = predict.submission_format(tmp_path, _test_digits(3))
   assert layout.header == ("id", "label")
   np.testing.assert_array_equal(layout.ids, [0, 1, 2])
-  np.testing.assert_array_equal(predict.submission_format(tmp_path, _test_digits(2, [2, 0])).ids,
-                                [2, 0])
+  with_ids = predict.submission_format(tmp_path, _test_digits(2, [2, 0]))
+  assert with_ids.header == ("id", "label")  # The sample's header with test.csv's own ids too.
+  np.testing.assert_array_equal(with_ids.ids, [2, 0])
   assert predict.submission_text(np.array([7, 3]), np.array([2, 0]), ("id", "label")) == \
       "id,label\n2,7\n0,3\n"
+
+
+def test_a_submission_never_drops_rows_when_ids_and_labels_disagree_in_length():
+  with pytest.raises(ValueError):
+    predict.submission_text(np.array([7, 3, 1]), np.array([1, 2]))
+  with pytest.raises(ValueError):
+    predict.submission_text(np.array([7]), np.array([1, 2]))
+
+
+def test_a_sample_submission_that_is_not_a_file_is_named(tmp_path):
+  (tmp_path / "sample_submission.csv").mkdir()
+  with pytest.raises(UserError) as info:
+    predict.submission_format(tmp_path, _test_digits(2))
+  assert str(info.value) == f"sample submission file {tmp_path / 'sample_submission.csv'} not found"
 
 
 def test_a_sample_that_does_not_fit_test_csv_is_refused(tmp_path):
