@@ -348,6 +348,19 @@ def test_a_submission_never_drops_rows_when_ids_and_labels_disagree_in_length():
     predict.submission_text(np.array([7]), np.array([1, 2]))
 
 
+def test_read_labels_with_a_required_header_takes_only_that_header(tmp_path):
+  path = tmp_path / "sub.csv"
+  path.write_text("ImageId,Label\n1,7\n2,3\n")
+  labels = predict.read_labels(path, "submission", ("ImageId", "Label"))
+  assert labels.to_dict() == {1: 7, 2: 3} and (labels.index.name, labels.name) == ("ImageId",
+                                                                                    "Label")
+  path.write_text("id,label\n1,7\n2,3\n")
+  with pytest.raises(UserError) as info:
+    predict.read_labels(path, "submission", ("ImageId", "Label"))
+  assert str(info.value) == f"{path}: header is id,label; expected the 2 columns ImageId,Label"
+  assert predict.read_labels(path, "submission").to_dict() == {1: 7, 2: 3}  # Any, unasked.
+
+
 def test_a_sample_submission_that_is_not_a_file_is_named(tmp_path):
   (tmp_path / "sample_submission.csv").mkdir()
   with pytest.raises(UserError) as info:
