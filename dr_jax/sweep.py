@@ -108,8 +108,12 @@ def _check_same_config(run: Run) -> None:
     return
   saved, wanted = (config.flatten(provenance.read_config(run.run_dir)), config.flatten(run.cfg))
   # What train.csv decided is recorded (build.resolve); a sweep's () asks for exactly that.
+  # Under a budget both sides set, the epoch count is measured, not asked for: only the budget
+  # itself can differ.
+  budgeted = bool(saved.get("train.budget_minutes")) and bool(wanted.get("train.budget_minutes"))
   diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k)
-                and not (k in RESOLVED_KEYS and wanted.get(k) == ()))
+                and not (k in RESOLVED_KEYS and wanted.get(k) == ())
+                and not (k == "num_epochs" and budgeted))
   if diff:
     key = diff[0]
     raise UserError(f"{run.run_dir} was trained with {key}={saved.get(key)!r}, this sweep has "

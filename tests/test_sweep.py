@@ -198,6 +198,23 @@ def test_summary_counts_diverged_runs_and_shows_no_spread_for_one_seed():
   assert "mean ± std over seeds" in sweep.plot_results(results).axes[0].get_xlabel()
 
 
+def test_a_budgeted_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path):
+  cfg = config.apply_overrides(config.get_base_config(), ["train.budget_minutes=10"])
+  run = sweep.Run("a", 0, cfg, tmp_path)
+  measured = config.apply_overrides(cfg, ["num_epochs=17"])
+  (tmp_path / "config.json").write_text(measured.to_json())
+  sweep._check_same_config(run)  # The epoch count is the budget's, measured: the same run.
+  other = config.apply_overrides(measured, ["train.budget_minutes=20"])
+  (tmp_path / "config.json").write_text(other.to_json())
+  with pytest.raises(UserError, match="train.budget_minutes=20.0, this sweep has 10.0"):
+    sweep._check_same_config(run)
+  unbudgeted = sweep.Run("a", 0, config.get_base_config(), tmp_path)
+  (tmp_path / "config.json").write_text(config.apply_overrides(config.get_base_config(),
+                                                               ["num_epochs=17"]).to_json())
+  with pytest.raises(UserError, match="num_epochs=17, this sweep has 30"):
+    sweep._check_same_config(unbudgeted)
+
+
 def test_minutes_to_target_over_the_seeds_that_reached_it():
   ok = {"status": "ok", "best_val_accuracy": 0.996, "test_accuracy": None, "best_epoch": 3,
         "wall_s": 600.0, "images_per_s": 100.0, "resumed": False}
