@@ -50,6 +50,12 @@ class Split:
         labels=np.concatenate([self.labels, labels]),
         train_idx=np.concatenate([self.train_idx, extra], axis=1))
 
+  def with_validation_trained(self) -> Split:
+    """The split whose members also train on their validation rows (a final fit), which stay
+    the rows validation scores."""
+    return dataclasses.replace(self, train_idx=np.concatenate([self.train_idx, self.val_idx],
+                                                              axis=1))
+
 
 def load_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> Split:
   """Loads train.csv, applies the subset/NaN policy and makes each member's stratified split."""

@@ -21,7 +21,7 @@ from dr_jax.errors import UserError
 
 # Every name a config may choose, defined once: `check` validates against these before any work
 # starts, and the module that implements each imports it for its own dispatch and errors.
-MODELS = ("classic", "strided")  # models.MODELS: one Flax module each.
+MODELS = ("classic", "strided", "residual")  # models.MODELS: one Flax module each.
 DTYPES = ("float32", "bfloat16")  # Compute dtypes; parameters stay float32.
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("plateau", "constant", "cosine", "exponential", "onecycle")
@@ -154,6 +154,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # rate is measured after compiling and num_epochs becomes the most epochs that fit (recorded
   # in the run's config.json). 0: num_epochs as given.
   c.train.budget_minutes = 0.0
+  # Train on every labelled row (the validation rows too) and keep the last epoch: for a recipe
+  # and epoch count already chosen on validation, under a schedule that ends low (onecycle,
+  # cosine, exponential). Validation figures are then on images the model trained on.
+  c.train.final_fit = False
 
   # Pseudo-labels: a trained run labels test.csv; its confident images join the training rows
   c.pseudo = ml_collections.ConfigDict()
@@ -357,8 +361,23 @@ def check(config: ml_collections.ConfigDict) -> None:
 
   augment.check_tta(config.predict.tta, f"config predict.tta={config.predict.tta}")
   _check_data_layout(config.data)
+  _check_final_fit(config)
   # The chosen model's own options, so a typo fails now rather than when its run starts.
   models.check_options(config.model.name, config.model.kwargs.to_dict())
+
+
+def _check_final_fit(config: ml_collections.ConfigDict) -> None:
+  """A final fit has no held-out images, so nothing may steer by validation accuracy."""
+  if not config.train.final_fit:
+    return
+  if config.schedule.name == "plateau":
+    raise UserError("config train.final_fit=True with schedule.name='plateau': the plateau rule "
+                    "follows validation accuracy, which a final fit trains on; choose onecycle, "
+                    "cosine, exponential or constant")
+  if config.train.early_stop:
+    raise UserError(f"config train.final_fit=True with train.early_stop={config.train.early_stop}"
+                    ": early stopping follows validation accuracy, which a final fit trains on; "
+                    "set train.early_stop=0")
 
 
 def _check_data_layout(data: ml_collections.ConfigDict) -> None:

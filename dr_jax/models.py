@@ -138,9 +138,42 @@ class StridedCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class ResidualCNN(nn.Module):
+  """A small ResNet: per stage a 3×3 conv to its width and residual blocks of two 3×3 convs
+  (batch-norm after each), 2×2 max-pooling between stages, global average pooling → Dense."""
+
+  widths: tuple[int, ...] = (32, 64, 128)
+  blocks: int = 1  # Residual blocks per stage.
+  dropout: float = 0.25  # Before the output layer.
+  pool: str = "reshape"
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_pool(self.pool)
+    x = x.astype(self.dtype)
+
+    def conv_bn(x: jax.Array, width: int) -> jax.Array:
+      x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+      return nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(x)
+
+    for stage, width in enumerate(self.widths):
+      if stage:
+        x = max_pool_2x2(x, self.pool if train else "reduce_window")
+      x = nn.relu(conv_bn(x, width))
+      for _ in range(self.blocks):
+        x = nn.relu(x + conv_bn(nn.relu(conv_bn(x, width)), width))
+    if 0 in x.shape[1:3]:  # The mean of nothing is NaN, not an error: check_input needs one.
+      raise ValueError(f"{len(self.widths) - 1} poolings shrink the images to {x.shape[1:3]}")
+    x = x.mean(axis=(1, 2))  # Global average pooling: any image size gives one vector.
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
 # The names are config.MODELS (which config.check validates), in its order.
-MODELS: dict[str, type[nn.Module]] = dict(zip(config.MODELS, (ClassicCNN, StridedCNN),
-                                                       strict=True))
+MODELS: dict[str, type[nn.Module]] = dict(zip(config.MODELS, (ClassicCNN, StridedCNN, ResidualCNN),
+                                               strict=True))
 _DTYPES = {name: getattr(jnp, name) for name in config.DTYPES}
 
 
@@ -179,7 +212,8 @@ def check_input(model: nn.Module, image_shape: tuple[int, int, int]) -> None:
     height, width, channels = image_shape
     raise UserError(f"model {type(model).__name__} cannot take {height}×{width}×{channels} "
                     f"images ({type(e).__name__}: its layers shrink them to nothing); the "
-                    "classic CNN takes images from 4×4, the strided one from 25×25") from None
+                    "classic and residual CNNs take images from 4×4, the strided one from "
+                    "25×25") from None
 
 
 def count_params(params: Any) -> int:

@@ -62,11 +62,13 @@ class RunState:
     return float(np.mean(self.member_best_val_accuracy))
 
   def after_epoch(self, epoch: int, accuracy: np.ndarray, loss: np.ndarray,
-                  plateau: tuple[optim.PlateauState, ...]) -> tuple[RunState, np.ndarray]:
-    """The state after `epoch` scored `accuracy`/`loss` per member, and which members improved."""
-    improved = is_better(np.asarray(accuracy), np.asarray(loss),
-                         np.array(self.member_best_val_accuracy),
-                         np.array(self.member_best_val_loss))
+                  plateau: tuple[optim.PlateauState, ...],
+                  keep_last: bool = False) -> tuple[RunState, np.ndarray]:
+    """The state after `epoch` scored `accuracy`/`loss` per member, and which members improved
+    (every member, with `keep_last`: a final fit keeps its last epoch)."""
+    improved = np.ones(self.members, bool) if keep_last else is_better(
+        np.asarray(accuracy), np.asarray(loss), np.array(self.member_best_val_accuracy),
+        np.array(self.member_best_val_loss))
     pick = lambda new, old: tuple(n if i else o for i, n, o in zip(improved, new, old))
     return RunState(epoch, tuple(plateau),
                     pick([epoch] * self.members, self.member_best_epoch),

@@ -223,7 +223,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
           dataclasses.replace(program.predictor, variables=steps.eval_variables(state)), split,
           cfg.train.eval_batch_size)
       run, improved = run.after_epoch(epoch, scores.accuracy, scores.loss,
-                                      _plateau(cfg, run.plateau, scores.accuracy))
+                                      _plateau(cfg, run.plateau, scores.accuracy),
+                                      keep_last=cfg.train.final_fit)
       if improved.any():
         best = keep_best(best, steps.eval_variables(state), improved)
       record = _epoch_record(run, train, scores, state, seconds, cfg, plan)
@@ -235,7 +236,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
       _log_target(writer.records, cfg.train.target_accuracy, epoch)
       stop.check()
   summary = {"best_epoch": run.best_epoch, "best_val_accuracy": run.best_val_accuracy,
-             "epochs": run.epoch, "stopped_early": stopped_early, "workdir": str(workdir)}
+             "epochs": run.epoch, "stopped_early": stopped_early,
+             "final_fit": bool(cfg.train.final_fit), "workdir": str(workdir)}
   writer.close(run.best_val_accuracy)
   metrics.log(f"best val accuracy {run.best_val_accuracy:.4f} at epoch {run.best_epoch}; "
               f"checkpoint {workdir / 'checkpoints' / 'best'}; TensorBoard: "
@@ -328,6 +330,12 @@ def _training_split(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path,
     raise UserError(f"pseudo.teacher={cfg.pseudo.teacher!r} but pseudo-labels were "
                     f"{'given' if pseudo_labels is not None else 'not given'}; pass "
                     "pseudo.teacher_labels(cfg, data_dir) exactly when pseudo.teacher is set")
+  if cfg.train.final_fit:
+    n_val = split.val_idx.shape[1]
+    metrics.log(f"train.final_fit: training on all {split.train_idx.shape[1] + n_val} labelled "
+                f"rows and keeping the last epoch; the {n_val} validation images are among them, "
+                "so validation accuracy is not held out")
+    split = split.with_validation_trained()
   if pseudo_labels is None:
     return split
   metrics.log(pseudo_labels.describe())

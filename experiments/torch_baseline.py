@@ -1,7 +1,7 @@
 """PyTorch reference for `dr-jax bench --vs-torch`: the same CNN and optimizer, synthetic data.
 
-Models: classic (RMSprop, as the blog post) and strided (Adam, as the 15-CNN recipe), each with
-dr_jax's parameter count.
+Models: classic (RMSprop, as the blog post), strided (Adam, as the 15-CNN recipe) and residual
+(Adam, experiments/residual.py's widths), each with dr_jax's parameter count.
 Command: python experiments/torch_baseline.py --model classic --batch 86 --steps 40
          (needs: pip install torch)
 Prints one JSON line: train_images_per_s and predict_images_per_s on this machine's CPU.
@@ -41,12 +41,40 @@ def strided_cnn() -> nn.Module:
       *conv_bn(64, 128, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
 
 
+class ResidualBlock(nn.Module):
+  """x → relu(x + bn(conv(relu(bn(conv(x))))))."""
+
+  def __init__(self, width: int):
+    super().__init__()
+    self.branch = nn.Sequential(
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width, eps=1e-3, momentum=0.01), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width, eps=1e-3, momentum=0.01))
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(x + self.branch(x))
+
+
+def residual_cnn(widths: tuple[int, ...] = (16, 32, 64)) -> nn.Module:
+  """Per stage: Conv3x3 + batch-norm + ReLU and one residual block; pool between; mean; Dense."""
+  layers: list[nn.Module] = []
+  for i, width in enumerate(widths):
+    if i:
+      layers.append(nn.MaxPool2d(2))
+    layers += [nn.Conv2d(widths[i - 1] if i else 1, width, 3, padding=1, bias=False),
+               nn.BatchNorm2d(width, eps=1e-3, momentum=0.01), nn.ReLU(), ResidualBlock(width)]
+  return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.25),
+                       nn.Linear(widths[-1], 10))
+
+
 # name → (model, dr_jax's parameter count, optimizer)
 MODELS = {
     # Keras' RMSprop: rho 0.9, epsilon 1e-7.
     "classic": (classic_cnn, 887_530,
                 lambda params: torch.optim.RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-7)),
     "strided": (strided_cnn, 326_410, lambda params: torch.optim.Adam(params, lr=1e-3)),
+    "residual": (residual_cnn, 121_274, lambda params: torch.optim.Adam(params, lr=1e-3)),
 }
 
 

@@ -46,6 +46,15 @@ def test_own_split_gives_each_member_its_own_validation_rows(data_dir):
     assert len(own.val_idx[m]) + len(own.train_idx[m]) == len(own.labels)
 
 
+
+def test_a_final_fit_split_trains_each_member_on_every_row_and_keeps_validation(data_dir):
+  split = build.load_split(tiny_config(**{"ensemble.size": 2, "ensemble.own_split": True}),
+                           data_dir)
+  fit = split.with_validation_trained()
+  np.testing.assert_array_equal(fit.val_idx, split.val_idx)
+  for m in range(2):
+    assert sorted(fit.train_idx[m]) == list(range(len(split.labels)))
+
 def test_subset_keeps_the_first_rows(data_dir):
   full = build.load_split(tiny_config(), data_dir)
   part = build.load_split(tiny_config(**{"data.subset": 100}), data_dir)

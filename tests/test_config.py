@@ -237,6 +237,25 @@ def test_check_accepts_values_at_the_edges(key, value):
   config_mod.check(c)
 
 
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"schedule.name": "plateau"}, "config train.final_fit=True with schedule.name='plateau': the "
+     "plateau rule follows validation accuracy, which a final fit trains on; choose onecycle, "
+     "cosine, exponential or constant"),
+    ({"schedule.name": "onecycle", "train.early_stop": 5}, "config train.final_fit=True with "
+     "train.early_stop=5: early stopping follows validation accuracy, which a final fit trains "
+     "on; set train.early_stop=0")])
+def test_a_final_fit_refuses_what_steers_by_validation(overrides, message):
+  c = config_mod.get_base_config()
+  c.train.final_fit = True
+  for key, value in overrides.items():
+    set_key(c, key, value)
+  with pytest.raises(UserError) as e:
+    config_mod.check(c)
+  assert str(e.value) == message
+  set_key(c, "train.final_fit", False)
+  config_mod.check(c)
+
 @pytest.mark.parametrize("key,value,allowed,close", [
     ("schedule.name", "platau", "plateau, constant, cosine, exponential, onecycle", "plateau"),
     ("model.name", "clasic", "classic, strided", "classic"),

@@ -34,7 +34,7 @@ def tiny(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   2 fused steps per call (fused steps are unrolled: 8 of them take most of a config's compile)."""
   overrides = ["num_epochs=1", "batch_size=32", "data.subset=0", "train.eval_batch_size=50",
                f"train.steps_per_call={min(cfg.train.steps_per_call, 2)}"]
-  if cfg.model.name == "strided":
+  if cfg.model.name in ("strided", "residual"):
     overrides.append("model.kwargs.widths=(8, 16, 32)")
   else:
     overrides += ["model.kwargs.widths=(8, 16)", "model.kwargs.dense=32"]

@@ -126,6 +126,7 @@ def test_registry_covers_the_config_names_with_the_right_modules():
   assert tuple(models.MODELS) == config.MODELS
   assert models.MODELS["classic"] is models.ClassicCNN
   assert models.MODELS["strided"] is models.StridedCNN
+  assert models.MODELS["residual"] is models.ResidualCNN
   for dtype in config.DTYPES:
     assert models.create_model("classic", dtype).dtype == jnp.dtype(dtype)
 
@@ -206,13 +207,47 @@ def test_the_models_follow_the_images_and_the_classes(name, shape, classes):
 def test_images_a_model_shrinks_to_nothing_are_refused():
   models.check_input(models.create_model("strided"), (25, 25, 1))
   models.check_input(models.create_model("classic"), (4, 4, 1))
-  for name, side in (("strided", 24), ("classic", 3)):
+  models.check_input(models.create_model("residual"), (4, 4, 1))
+  for name, side, error in (("strided", 24, "ZeroDivisionError"),
+                            ("classic", 3, "ZeroDivisionError"), ("residual", 3, "ValueError")):
     with pytest.raises(UserError) as info:
       models.check_input(models.create_model(name), (side, side, 1))
     assert str(info.value).endswith(
-        f"cannot take {side}×{side}×1 images (ZeroDivisionError: its layers shrink them to "
-        "nothing); the classic CNN takes images from 4×4, the strided one from 25×25")
+        f"cannot take {side}×{side}×1 images ({error}: its layers shrink them to nothing); the "
+        "classic and residual CNNs take images from 4×4, the strided one from 25×25")
 
+
+
+def test_residual_has_the_hand_counted_parameters():
+  # Per stage: a 3×3 conv to width w (no bias, batch-norm scale and bias) and a block of two
+  # w→w ones; then Dense(64 → 10).
+  def stage(w_in, w):
+    return 9 * w_in * w + 2 * w + 2 * (9 * w * w + 2 * w)
+
+  expected = stage(1, 16) + stage(16, 32) + stage(32, 64) + 64 * 10 + 10
+  model = models.create_model("residual", widths=(16, 32, 64))
+  params = models.init_variables(model, jax.random.key(0))["params"]
+  assert models.count_params(params) == expected == 121_274
+
+
+def test_a_residual_block_whose_branch_is_zeroed_is_the_identity():
+  """With each block's last batch-norm scale and bias at 0 the model is its blocks=0 self."""
+  deep = models.create_model("residual", widths=(4, 8), blocks=1, dropout=0.0)
+  flat = models.create_model("residual", widths=(4, 8), blocks=0, dropout=0.0)
+  v = models.init_variables(deep, jax.random.key(0))
+  v = jax.tree.map(lambda x: x, dict(v))  # A mutable copy.
+  params, stats = dict(v["params"]), dict(v["batch_stats"])
+  for last_bn in ("BatchNorm_2", "BatchNorm_5"):  # Stage convs are layers 0 and 3.
+    params[last_bn] = jax.tree.map(jnp.zeros_like, params[last_bn])
+  rename = {"Conv_0": "Conv_0", "BatchNorm_0": "BatchNorm_0", "Conv_3": "Conv_1",
+            "BatchNorm_3": "BatchNorm_1", "Dense_0": "Dense_0"}
+  flat_v = {"params": {new: params[old] for old, new in rename.items()},
+            "batch_stats": {new: stats[old] for old, new in rename.items() if old in stats}}
+  x = _x()
+  np.testing.assert_allclose(deep.apply({"params": params, "batch_stats": stats}, x),
+                             flat.apply(flat_v, x), rtol=1e-6, atol=1e-6)
+  # And the branch counts when it is not zeroed.
+  assert not np.allclose(deep.apply(v, x), flat.apply(flat_v, x), atol=1e-3)
 
 def test_num_classes_is_not_a_model_option():
   with pytest.raises(UserError, match="has no option"):

@@ -61,6 +61,17 @@ def test_after_epoch_moves_only_the_members_that_improved():
   assert run.epoch == 3  # Frozen: the old record is unchanged.
 
 
+
+def test_after_epoch_keep_last_moves_every_member_even_a_worse_one():
+  run = RunState(3, (optim.PlateauState(1e-3),) * 2, (3, 2), (0.90, 0.80), (0.3, 0.4),
+                 (0.0, 255.0))
+  new, improved = run.after_epoch(4, np.array([0.50, 0.85]), np.array([0.9, 0.2]),
+                                  run.plateau, keep_last=True)
+  assert improved.tolist() == [True, True]
+  assert new.member_best_epoch == (4, 4)
+  assert new.member_best_val_accuracy == (0.50, 0.85)
+  assert new.member_best_val_loss == (0.9, 0.2)
+
 def test_after_epoch_records_plain_floats_whatever_the_input_dtype():
   # The typed record (and its JSON) holds floats even when a caller passes integer arrays.
   run = RunState.fresh(2, 1e-3, (0.0, 255.0))

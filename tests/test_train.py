@@ -140,6 +140,22 @@ def test_a_parameters_average_is_validated_kept_as_best_and_resumed_bitwise(tmp_
   assert _metrics(resumed)[-1]["val_accuracy"] == _metrics(whole)[-1]["val_accuracy"]
 
 
+
+def test_a_final_fit_trains_on_every_row_and_keeps_its_last_epoch(tmp_path, data_dir, capsys):
+  cfg = _cfg(num_epochs=3, **{"train.final_fit": True, "schedule.name": "cosine"})
+  summary = train.train_and_evaluate(cfg, tmp_path, data_dir)
+  log = capsys.readouterr().err
+  assert ("train.final_fit: training on all 300 labelled rows and keeping the last epoch; the 30 "
+          "validation images are among them, so validation accuracy is not held out") in log
+  assert f"300 train / 30 val images; {300 // 32} steps of 32 per epoch" in log
+  records = _metrics(tmp_path)
+  assert (summary["final_fit"], summary["best_epoch"], summary["epochs"]) == (True, 3, 3)
+  assert summary["best_val_accuracy"] == pytest.approx(records[-1]["val_accuracy"])
+  assert all(r["best_epoch"] == r["epoch"] for r in records)
+  (best, best_run), (latest, _) = _params(tmp_path, "best"), _params(tmp_path, "latest")
+  assert best_run.epoch == 3
+  jax.tree.map(np.testing.assert_array_equal, best, latest)
+
 def test_the_log_says_once_when_validation_first_reaches_the_target(tmp_path, data_dir, capsys):
   train.train_and_evaluate(_cfg(num_epochs=1, **{"train.target_accuracy": 0.01}), tmp_path,
                            data_dir)

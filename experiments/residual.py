@@ -1,0 +1,19 @@
+"""The residual CNN (models.ResidualCNN) under default.py's recipe: one-cycle Adam, 10% validation.
+
+Three stages (16, 32, 64 channels at 28×28, 14×14, 7×7), each a 3×3 conv and one residual
+block of two 3×3 convs with batch-norm, 2×2 max-pooling between them, global average pooling.
+Command: dr-jax train --config experiments/residual.py --workdir runs/residual
+"""
+
+import ml_collections
+
+from dr_jax.config import load_config
+
+
+def get_config():
+  c = load_config("default")
+  c.num_epochs = 38
+  c.model.name = "residual"
+  c.model.kwargs = ml_collections.ConfigDict({"widths": (16, 32, 64), "blocks": 1,
+                                             "dropout": 0.25, "pool": "reshape"})
+  return c
