@@ -8,6 +8,7 @@ Errors are `dr_jax.errors.UserError` with the one-line message the CLI prints.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sys
 import time
@@ -115,13 +116,20 @@ def predict(workdir: PathLike | Sequence[PathLike], data_dir: PathLike | None = 
   return Submission(path, predictors)
 
 
-def validate(workdir: PathLike, data_dir: PathLike | None = None,
+def validate(workdir: PathLike | Sequence[PathLike], data_dir: PathLike | None = None,
              tta: Sequence[int] = (1, 3, 5, 7, 9)):
-  """Validation errors of a run's best checkpoint per TTA count (a `predict.Validation`)."""
+  """Validation errors of a run's best checkpoint per TTA count (a `predict.Validation`); of
+  several runs' and their blend's, on the split they share, for a list of runs."""
   from dr_jax import predict as predict_lib, xla
 
   xla.use_compilation_cache()
-  return predict_lib.validate(pathlib.Path(workdir), data_dir_of(workdir, data_dir), tuple(tta))
+  if isinstance(workdir, (str, os.PathLike)):
+    return predict_lib.validate(pathlib.Path(workdir), data_dir_of(workdir, data_dir),
+                                tuple(tta))
+  runs = [pathlib.Path(w) for w in workdir]
+  if len(runs) == 1:
+    return predict_lib.validate(runs[0], data_dir_of(runs[0], data_dir), tuple(tta))
+  return predict_lib.validate_blend(runs, data_dir_of(runs[0], data_dir), tuple(tta))
 
 
 def score(submission: PathLike, answers: PathLike | None = None,

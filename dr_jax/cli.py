@@ -93,8 +93,10 @@ def _parser() -> argparse.ArgumentParser:
   add_distributed(p)
 
   p = add("validate", "Validation accuracy of a run's best checkpoint for each --tta count "
-          "(each member on its own split): choose predict.tta without the test answers.")
-  p.add_argument("--workdir", type=pathlib.Path, required=True, metavar="DIR", help="the run")
+          "(each member on its own split): choose predict.tta, or a blend of runs, without the "
+          "test answers.")
+  p.add_argument("--workdir", type=pathlib.Path, required=True, action="append", metavar="DIR",
+                 help="the run; repeat it for a blend of runs that share a validation split")
   add_data_dir(p, follows_run=True)
   p.add_argument("--tta", type=int, nargs="+", default=[1, 3, 5, 7, 9], metavar="N",
                  help="test-time transform counts to compare")
@@ -210,8 +212,12 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> None:
     _predict(args)
   elif args.command == "validate":
     validation = api.validate(args.workdir, args.data_dir, args.tta)
-    print(f"validation errors of each member on its own {validation.n_val} images "
-          f"({args.workdir}, best checkpoint):", file=sys.stderr)
+    if len(args.workdir) == 1:
+      print(f"validation errors of each member on its own {validation.n_val} images "
+            f"({args.workdir[0]}, best checkpoint):", file=sys.stderr)
+    else:
+      print(f"validation errors of each run's best checkpoint and of their blend on the "
+            f"{validation.n_val} validation images they share:", file=sys.stderr)
     print(validation.table())
   elif args.command == "score":
     print(f"accuracy: {api.score(args.submission, args.answers, args.data_dir):.5f}")

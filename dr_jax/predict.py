@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 import pandas as pd
 
@@ -128,13 +129,16 @@ class Validation:
   member_errors: np.ndarray  # (len(ttas), members): each on its own validation split.
   ensemble_errors: np.ndarray | None  # (len(ttas),) when all members share one split.
   n_val: int  # Images in each member's validation split.
+  columns: tuple[str, ...] = ()  # The members' headings; () = member 0, member 1, ...
+  ensemble_name: str = "ensemble"
 
   def table(self) -> str:
     """A Markdown table: one row per TTA count."""
     members = self.member_errors.shape[1]
-    head = ["tta", *(f"member {m}" for m in range(members)), "member mean accuracy"]
+    head = ["tta", *(self.columns or (f"member {m}" for m in range(members))),
+            "member mean accuracy"]
     if self.ensemble_errors is not None:
-      head.append("ensemble accuracy")
+      head.append(f"{self.ensemble_name} accuracy")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, tta in enumerate(self.ttas):
       errors = self.member_errors[i]
@@ -157,7 +161,7 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
   for tta in ttas:
     augment.check_tta(tta, f"--tta {tta}")
   predictor = evaluate.load_predictor(workdir)
-  cfg, split = build.load_run_split(workdir, data_dir)
+  cfg, split = _validated_split(workdir, data_dir)
   member_errors = np.zeros((len(ttas), predictor.members), np.int64)
   shared = predictor.members > 1 and not cfg.ensemble.own_split
   ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None
@@ -172,6 +176,55 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
       wrong = predictor.probabilities(split.val.images, tta=tta).argmax(-1) != split.val.labels
       ensemble_errors[i] = wrong.sum()
   return Validation(tuple(ttas), member_errors, ensemble_errors, split.val_idx.shape[1])
+
+
+def _validated_split(workdir: pathlib.Path,
+                     data_dir: pathlib.Path) -> tuple[ml_collections.ConfigDict, build.Split]:
+  """A run's config and split, refused for a final fit: its validation images were trained on."""
+  cfg, split = build.load_run_split(workdir, data_dir)
+  if cfg.train.get("final_fit", False):
+    raise UserError(f"{workdir}: a final fit (train.final_fit) trained on its validation images, "
+                    "so they validate nothing; validate the run its recipe was chosen on")
+  return cfg, split
+
+
+def validate_blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path,
+                   ttas: tuple[int, ...] = (1, 3, 5, 7, 9)) -> Validation:
+  """Errors of every run's members and of their blend (`blend`'s weighting) per TTA count, on
+  the validation split the runs share: how to choose a blend of runs, of mixed architectures
+  too, without the test answers."""
+  for tta in ttas:
+    augment.check_tta(tta, f"--tta {tta}")
+  first: tuple[pathlib.Path, build.Split, tuple[int, ...]] | None = None
+  columns: list[str] = []
+  errors: list[np.ndarray] = []  # One (len(ttas),) column per member.
+  total: list[np.ndarray | float] = [0.0] * len(ttas)  # Summed member probabilities per TTA.
+  for workdir in workdirs:
+    predictor = evaluate.load_predictor(workdir)
+    cfg, split = _validated_split(workdir, data_dir)
+    if predictor.members > 1 and cfg.ensemble.own_split:
+      raise UserError(f"{workdir}: each member has its own validation split "
+                      "(ensemble.own_split); a blend is validated on one split its runs share")
+    if first is None:
+      first = (workdir, split, build.classes(cfg))
+    elif (build.classes(cfg) != first[2] or not np.array_equal(split.val_idx[0],
+                                                               first[1].val_idx[0])):
+      raise UserError(f"{workdir}: its validation images are not those of {first[0]}; "
+                      "validate a blend of runs with the same seed, data.val_fraction, "
+                      "data.subset and labels")
+    for m in range(predictor.members):
+      member, column = predictor.member(m), np.zeros(len(ttas), np.int64)
+      for i, tta in enumerate(ttas):
+        probs = member.probabilities(split.val.images, tta=tta)
+        column[i] = (probs.argmax(-1) != split.val.labels).sum()
+        total[i] = total[i] + probs
+      errors.append(column)
+      columns.append(f"{workdir}" + (f" member {m}" if predictor.members > 1 else ""))
+  assert first is not None, "validate_blend needs at least one run"
+  labels = first[1].labels[first[1].val_idx[0]]
+  blended = np.array([(np.asarray(t).argmax(-1) != labels).sum() for t in total], np.int64)
+  return Validation(tuple(ttas), np.stack(errors, axis=1), blended, len(labels), tuple(columns),
+                    "blend")
 
 
 def read_labels(path: pathlib.Path, role: str,

@@ -188,6 +188,19 @@ def test_validate_prints_a_row_per_tta_count(cli_main, trained, data):
   assert abs(float(rows[0].split(" | ")[2].rstrip(" |")) - best) < 1e-4, (rows, best)
 
 
+
+def test_validate_with_two_workdirs_validates_their_blend(cli_main, trained, data):
+  code, out, err = cli_main("validate", "--workdir", trained[0], "--workdir", trained[0],
+                           "--data-dir", data, "--tta", "1")
+  assert code == 0, err
+  assert "validation errors of each run's best checkpoint and of their blend" in err
+  header, _, row = out.strip().splitlines()
+  assert header == (f"| tta | {trained[0]} | {trained[0]} | member mean accuracy | "
+                    "blend accuracy |")
+  cells = row.strip("| ").split(" | ")
+  # A run blended with itself predicts what it predicts alone.
+  assert cells[1] == cells[2] and cells[4] == f"{cells[3]} ({cells[1]} wrong)", row
+
 def test_summary_prints_parameter_count(cli_main):
   code, out, err = cli_main("summary", "--config", TINY)
   assert code == 0, err

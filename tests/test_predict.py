@@ -5,6 +5,7 @@ import gzip
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
@@ -242,6 +243,53 @@ def test_validate_refuses_a_train_csv_the_run_was_not_trained_on(tmp_path, kaggl
   (same / "train.csv.gz").write_bytes(gzip.compress((data_dir / "train.csv").read_bytes()))
   assert predict.validate(workdir, same, (1,)).n_val == 30
 
+
+
+def test_a_blend_of_two_architectures_is_validated_on_the_split_they_share(tmp_path, kaggle_dir):
+  data_dir = kaggle_dir(n_train=300, n_test=10)
+  classic = tiny_config(num_epochs=1)
+  residual = tiny_config(**{"num_epochs": 1, "model.name": "residual", "ensemble.size": 2,
+                            "schedule.name": "cosine"})
+  residual.model.kwargs = ml_collections.ConfigDict({"widths": (4, 8), "blocks": 1})
+  runs = {"classic": classic, "residual": residual,
+          "other_split": tiny_config(num_epochs=1, seed=1),
+          "own_split": tiny_config(**{"num_epochs": 1, "ensemble.size": 2,
+                                      "ensemble.own_split": True}),
+          "final_fit": tiny_config(**{"num_epochs": 1, "train.final_fit": True,
+                                      "schedule.name": "cosine"})}
+  for name, cfg in runs.items():
+    train.train_and_evaluate(cfg, tmp_path / name, data_dir)
+  result = predict.validate_blend([tmp_path / "classic", tmp_path / "residual"], data_dir, (1, 3))
+  val = build.load_split(classic, data_dir).val
+  assert result.n_val == len(val.labels) == 30 and result.member_errors.shape == (2, 3)
+  for i, tta in enumerate((1, 3)):
+    a = evaluate.load_predictor(tmp_path / "classic").probabilities(val.images, tta=tta)
+    b = evaluate.load_predictor(tmp_path / "residual").probabilities(val.images, tta=tta)
+    assert result.member_errors[i, 0] == (a.argmax(-1) != val.labels).sum()
+    # One classic member and two residual ones, each weighted alike (as predict.blend does).
+    assert result.ensemble_errors[i] == ((a + 2 * b).argmax(-1) != val.labels).sum()
+  head = result.table().splitlines()[0]
+  assert head == (f"| tta | {tmp_path / 'classic'} | {tmp_path / 'residual'} member 0 | "
+                  f"{tmp_path / 'residual'} member 1 | member mean accuracy | blend accuracy |")
+  with pytest.raises(UserError) as info:
+    predict.validate_blend([tmp_path / "classic", tmp_path / "other_split"], data_dir, (1,))
+  assert str(info.value) == (
+      f"{tmp_path / 'other_split'}: its validation images are not those of "
+      f"{tmp_path / 'classic'}; validate a blend of runs with the same seed, "
+      "data.val_fraction, data.subset and labels")
+  with pytest.raises(UserError) as info:
+    predict.validate_blend([tmp_path / "classic", tmp_path / "own_split"], data_dir, (1,))
+  assert str(info.value) == (
+      f"{tmp_path / 'own_split'}: each member has its own validation split "
+      "(ensemble.own_split); a blend is validated on one split its runs share")
+  for validate in (lambda: predict.validate(tmp_path / "final_fit", data_dir, (1,)),
+                   lambda: predict.validate_blend([tmp_path / "classic", tmp_path / "final_fit"],
+                                                  data_dir, (1,))):
+    with pytest.raises(UserError) as info:
+      validate()
+    assert str(info.value) == (
+        f"{tmp_path / 'final_fit'}: a final fit (train.final_fit) trained on its validation "
+        "images, so they validate nothing; validate the run its recipe was chosen on")
 
 def test_validate_rejects_a_bad_tta_before_any_work(tmp_path):
   with pytest.raises(UserError, match="--tta 12"):
