@@ -18,8 +18,11 @@ from dr_jax.config import load_config
 EPOCHS = 6
 
 
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1]
+
+
 def _default() -> ml_collections.ConfigDict:
-  c = load_config(pathlib.Path(__file__).resolve().parents[1] / "default.py")
+  c = load_config(EXPERIMENTS / "default.py")
   c.num_epochs = EPOCHS
   return c
 
@@ -57,9 +60,7 @@ def _label_smoothing(c):
 
 
 def _residual(c):
-  c.model.name = "residual"
-  c.model.kwargs = ml_collections.ConfigDict({"widths": (16, 32, 64), "blocks": 1,
-                                             "dropout": 0.25, "pool": "reshape"})
+  c.model = load_config(EXPERIMENTS / "residual.py").model  # residual.py's model, nothing else.
 
 
 LEVERS = {"baseline": lambda c: None, "no_augmentation": _no_augmentation,
