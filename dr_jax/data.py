@@ -381,59 +381,77 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   path = pathlib.Path(path)
   _check_file(path)
   _check_memory(path)
-  pixels = _OutOfRange(0, 255, "pixels must lie in 0..255")
-  labels_range = _OutOfRange(0, LABEL_MAX, "labels are non-negative int32 integers")
-  images: list[np.ndarray] = []
-  labels: list[np.ndarray] = []
-  ids: list[np.ndarray] = []
-  kept_rows: list[np.ndarray] = []
   nan_rows: list[pd.DataFrame] = []
   seen = 0
   with _pandas_errors(path), _Lines(path, header) as lines:
     names = _header(path, lines, with_labels, header)
     layout = _check_columns(names, path, with_labels, tuple(image_shape))
-    columns, offset = layout.columns, layout.offset
+    columns = layout.columns
     # pandas silently turns the first column into an index when the first data row has one
     # field more than the header; checking that one line is cheap.
     first = _short_rows(lines.get([0]), len(names))
     if first:
       raise _fields_error(path, *first[0], len(names), header)
+    parts = _Parts(layout, with_labels)
     reader = _read_csv(path, chunksize=CHUNK_ROWS) if header else \
         _read_csv(path, chunksize=CHUNK_ROWS, header=None, names=names)
     for block in reader:
       if names != columns:
         block.columns = [str(c).strip() for c in block.columns]
         block = block[columns]
-      n_rows = len(block)
+      seen += len(block)
       block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
-      seen += n_rows
-      if len(block) == 0:
-        continue
-      values = block.to_numpy(dtype=np.float64)
-      rows = block.index.to_numpy()
-      _check_integers(values, path, columns, rows, header)
-      pixels.add(values[:, offset:], columns[offset:], rows)
-      images.append(values[:, offset:].astype(np.uint8))
-      if with_labels:
-        labels_range.add(values[:, :1], columns[:1], rows)
-        # Clipped: an out-of-range label is an error below, not an overflowing cast here.
-        labels.append(np.clip(values[:, 0], 0, LABEL_MAX).astype(np.int32))
-      if layout.id_column:
-        ids.append(values[:, 0].astype(np.int64))
-        kept_rows.append(rows)
+      if len(block):
+        values = block.to_numpy(dtype=np.float64)
+        _check_integers(values, path, columns, block.index.to_numpy(), header)
+        parts.add(values, block.index.to_numpy())
   if nan_rows:
     raise UserError(_nan_report(pd.concat(nan_rows), path, header))
-  if not images:
+  if not parts.images:
     if seen and nan_policy == "drop":
       raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
     raise UserError(f"{path}: has a header but no rows; expected one row per image")
-  pixels.check(path, header)
-  labels_range.check(path, header)
-  id_values = np.concatenate(ids) if ids else None
-  if id_values is not None:
-    _check_unique_ids(id_values, np.concatenate(kept_rows), layout.id_column, path)
-  return Digits(images=np.concatenate(images).reshape((-1, *layout.shape)),
-                labels=np.concatenate(labels) if with_labels else None, ids=id_values)
+  return parts.digits(path, header)
+
+
+@dataclasses.dataclass
+class _Parts:
+  """parse_csv's output block by block, with the range checks of every value it took."""
+
+  layout: _Layout
+  with_labels: bool
+  images: list[np.ndarray] = dataclasses.field(default_factory=list)
+  labels: list[np.ndarray] = dataclasses.field(default_factory=list)
+  ids: list[np.ndarray] = dataclasses.field(default_factory=list)
+  rows: list[np.ndarray] = dataclasses.field(default_factory=list)  # Data rows of the ids.
+  pixels: _OutOfRange = dataclasses.field(
+      default_factory=lambda: _OutOfRange(0, 255, "pixels must lie in 0..255"))
+  label_range: _OutOfRange = dataclasses.field(
+      default_factory=lambda: _OutOfRange(0, LABEL_MAX, "labels are non-negative int32 integers"))
+
+  def add(self, values: np.ndarray, rows: np.ndarray) -> None:
+    """One block's integer-valued cells (float64) and their data rows."""
+    columns, offset = self.layout.columns, self.layout.offset
+    self.pixels.add(values[:, offset:], columns[offset:], rows)
+    self.images.append(values[:, offset:].astype(np.uint8))
+    if self.with_labels:
+      self.label_range.add(values[:, :1], columns[:1], rows)
+      # Clipped: an out-of-range label is an error in `digits`, not an overflowing cast here.
+      self.labels.append(np.clip(values[:, 0], 0, LABEL_MAX).astype(np.int32))
+    if self.layout.id_column:
+      self.ids.append(values[:, 0].astype(np.int64))
+      self.rows.append(rows)
+
+  def digits(self, path: pathlib.Path, header: bool) -> Digits:
+    """The file's digits, once every value is in range and every id unique."""
+    self.pixels.check(path, header)
+    self.label_range.check(path, header)
+    id_values = np.concatenate(self.ids) if self.ids else None
+    if id_values is not None:
+      _check_unique_ids(id_values, np.concatenate(self.rows), self.layout.id_column, path)
+    return Digits(images=np.concatenate(self.images).reshape((-1, *self.layout.shape)),
+                  labels=np.concatenate(self.labels) if self.with_labels else None,
+                  ids=id_values)
 
 
 def _check_unique_ids(ids: np.ndarray, rows: np.ndarray, column: str | None,

@@ -145,6 +145,64 @@ def compile_program(cfg: ml_collections.ConfigDict, split: build.Split, state: s
                  batch_sharded, predictor)
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochLoop:
+  """The epoch loop of one session: what stays fixed from epoch to epoch."""
+
+  cfg: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  split: build.Split
+  program: Program
+  ckpts: checkpoint.Checkpoints
+  writer: metrics.MetricsWriter
+  train_key: jax.Array
+  session_start: float  # The run's clock, for elapsed_s.
+
+  def train_epochs(self, state: steps.TrainState, best: dict,
+                   run: RunState) -> tuple[RunState, bool]:
+    """Trains from `run.epoch` to num_epochs (or an early stop): the record, and whether it
+    stopped early. Ctrl-C stops at the next safe point: after a jitted call, or after the
+    epoch's saves."""
+    cfg, first_epoch, start = self.cfg, run.epoch, time.time()
+    with interrupts.StopRequest() as stop, self.ckpts:
+      for epoch in range(run.epoch + 1, cfg.num_epochs + 1):
+        # Checked before the epoch, so a resumed run that stopped early stays stopped.
+        if run.stops_early(cfg.train.early_stop):
+          metrics.log(f"stopping after epoch {run.epoch}: no member's validation accuracy "
+                      f"improved since epoch {run.best_epoch} (train.early_stop="
+                      f"{cfg.train.early_stop})")
+          return run, True
+        state, best, run, record, all_improved = self.epoch(state, best, run, epoch, stop)
+        eta = (time.time() - start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
+        metrics.log(_progress_line(record, all_improved, cfg.num_epochs, eta))
+        _log_target(self.writer.records, cfg.train.target_accuracy, epoch)
+        stop.check()
+    return run, False
+
+  def epoch(self, state: steps.TrainState, best: dict, run: RunState, epoch: int,
+            stop: interrupts.StopRequest) -> tuple[steps.TrainState, dict, RunState,
+                                                   dict[str, Any], bool]:
+    """Trains, validates, records and saves one epoch: the new state, best variables and run
+    record, the epoch's metrics, and whether every member improved."""
+    cfg, program = self.cfg, self.program
+    state = _set_epoch_lr(cfg, state, run, epoch)
+    state, train, seconds = train_epoch(program, state, self.train_key, epoch, cfg.num_epochs,
+                                        self.workdir, stop)
+    scores = evaluate.validation_scores(
+        dataclasses.replace(program.predictor, variables=steps.eval_variables(state)),
+        self.split, cfg.train.eval_batch_size)
+    run, improved = run.after_epoch(epoch, scores.accuracy, scores.loss,
+                                    _plateau(cfg, run.plateau, scores.accuracy),
+                                    keep_last=cfg.train.final_fit)
+    if improved.any():
+      best = keep_best(best, steps.eval_variables(state), improved)
+    record = _epoch_record(run, train, scores, state, seconds, cfg, program.plan)
+    self.writer.write_epoch(record | {"elapsed_s": self.writer.elapsed_before_s
+                                      + time.time() - self.session_start})
+    self.ckpts.save_epoch(_ckpt_tree(state), best if improved.any() else None, run)
+    return state, best, run, record, bool(improved.all())
+
+
 def _augmented_examples(cfg: ml_collections.ConfigDict, split: build.Split,
                         n: int = 32) -> np.ndarray:
   """The first `n` training images of member 0 as its augmentation draws them, in [0, 1]."""
@@ -205,36 +263,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
 
   writer = metrics.MetricsWriter(workdir, cfg, run.epoch,
                                  _augmented_examples(cfg, split) if run.epoch == 0 else None)
-  run_start, first_epoch, stopped_early = time.time(), run.epoch, False
-  # Ctrl-C stops at the next safe point: after a jitted call, or after the epoch's saves.
-  with interrupts.StopRequest() as stop, ckpts:
-    for epoch in range(run.epoch + 1, cfg.num_epochs + 1):
-      # Checked before the epoch, so a resumed run that stopped early stays stopped.
-      if run.stops_early(cfg.train.early_stop):
-        stopped_early = True
-        metrics.log(f"stopping after epoch {run.epoch}: no member's validation accuracy "
-                    f"improved since epoch {run.best_epoch} (train.early_stop="
-                    f"{cfg.train.early_stop})")
-        break
-      state = _set_epoch_lr(cfg, state, run, epoch)
-      state, train, seconds = train_epoch(program, state, train_key, epoch, cfg.num_epochs,
-                                          workdir, stop)
-      scores = evaluate.validation_scores(
-          dataclasses.replace(program.predictor, variables=steps.eval_variables(state)), split,
-          cfg.train.eval_batch_size)
-      run, improved = run.after_epoch(epoch, scores.accuracy, scores.loss,
-                                      _plateau(cfg, run.plateau, scores.accuracy),
-                                      keep_last=cfg.train.final_fit)
-      if improved.any():
-        best = keep_best(best, steps.eval_variables(state), improved)
-      record = _epoch_record(run, train, scores, state, seconds, cfg, plan)
-      writer.write_epoch(record | {"elapsed_s": writer.elapsed_before_s
-                                   + time.time() - session_start})
-      ckpts.save_epoch(_ckpt_tree(state), best if improved.any() else None, run)
-      eta = (time.time() - run_start) / (epoch - first_epoch) * (cfg.num_epochs - epoch)
-      metrics.log(_progress_line(record, bool(improved.all()), cfg.num_epochs, eta))
-      _log_target(writer.records, cfg.train.target_accuracy, epoch)
-      stop.check()
+  loop = EpochLoop(cfg, workdir, split, program, ckpts, writer, train_key, session_start)
+  run, stopped_early = loop.train_epochs(state, best, run)
   summary = {"best_epoch": run.best_epoch, "best_val_accuracy": run.best_val_accuracy,
              "epochs": run.epoch, "stopped_early": stopped_early,
              "final_fit": bool(cfg.train.final_fit), "workdir": str(workdir)}
