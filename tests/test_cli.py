@@ -665,6 +665,25 @@ def test_blend_refuses_runs_that_keep_other_test_rows(cli_main, trained, data, t
   assert not out.exists()
 
 
+def test_blend_refuses_runs_trained_on_other_labels(cli_main, trained, data, tmp_path):
+  """The same checkpoint claiming the labels 0..8 and 10: ten outputs either way, so only the
+  labels tell them apart."""
+  digits, other = tmp_path / "digits", tmp_path / "other"
+  for workdir in (digits, other):
+    shutil.copytree(trained[0], workdir)
+  edit_run_config(other, data={"classes": [*range(9), 10]})
+  message = (f"{other}: predicts the labels (0, 1, 2, 3, 4, 5, 6, 7, 8, 10), the runs before it "
+             "(0, 1, 2, 3, 4, 5, 6, 7, 8, 9); blend runs trained on the same labels")
+  out = tmp_path / "blend.csv"
+  with pytest.raises(UserError) as info:
+    predict.blend([digits, other], data, out)
+  assert str(info.value) == message
+  line = assert_user_error(cli_main("predict", "--workdir", digits, "--workdir", other,
+                                    "--data-dir", data, "--out", out))
+  assert line == f"dr-jax: error: {message}"
+  assert not out.exists()
+
+
 def test_predict_refuses_a_checkpoint_of_another_model(cli_main, workdir_copy, data):
   """A classic CNN's checkpoint under a config that names the strided CNN."""
   edit_run_config(workdir_copy, model={"name": "strided", "kwargs": {
