@@ -205,6 +205,28 @@ def test_blend_weights_every_member_alike_across_runs(tmp_path, kaggle_dir):
   assert twice.read_text() == alone.read_text()
 
 
+def test_validation_table_word_for_word():
+  """Errors per member, their mean accuracy and the ensemble's, computed by hand."""
+  shared = predict.Validation(ttas=(1, 3), member_errors=np.array([[3, 5], [2, 4]]),
+                              ensemble_errors=np.array([2, 1]), n_val=100)
+  assert shared.table() == (
+      "| tta | member 0 | member 1 | member mean accuracy | ensemble accuracy |\n"
+      "|---|---|---|---|---|\n"
+      "| 1 | 3 | 5 | 0.96000 | 0.98000 (2 wrong) |\n"
+      "| 3 | 2 | 4 | 0.97000 | 0.99000 (1 wrong) |")
+  own_splits = predict.Validation(ttas=(5,), member_errors=np.array([[7, 1, 4]]),
+                                  ensemble_errors=None, n_val=50)
+  assert own_splits.table() == ("| tta | member 0 | member 1 | member 2 | member mean accuracy |\n"
+                                "|---|---|---|---|---|\n"
+                                "| 5 | 7 | 1 | 4 | 0.92000 |")
+  blend = predict.Validation(ttas=(1,), member_errors=np.array([[6, 2]]),
+                             ensemble_errors=np.array([3]), n_val=50,
+                             columns=("runs/a", "runs/b"), ensemble_name="blend")
+  assert blend.table() == ("| tta | runs/a | runs/b | member mean accuracy | blend accuracy |\n"
+                           "|---|---|---|---|---|\n"
+                           "| 1 | 6 | 2 | 0.92000 | 0.94000 (3 wrong) |")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("own_split", [True, False])
 def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path, kaggle_dir,
