@@ -310,7 +310,6 @@ def test_ctrl_c_stops_cleanly_after_saving(tmp_path, data_dir, cli_env):
   assert len(_metrics(workdir)) >= run.epoch
 
 
-@pytest.mark.slow
 def test_early_stop_ends_the_run_and_a_resume_keeps_it_stopped(tmp_path, data_dir, monkeypatch,
                                                                 capsys):
   # Only the first epoch counts as an improvement, so patience 2 stops after epoch 3 of 6.
@@ -370,7 +369,6 @@ def test_members_are_initialised_independently():
   assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])
 
 
-@pytest.mark.slow
 def test_ensemble_run_keeps_each_members_best(tmp_path, data_dir):
   workdir = tmp_path / "ens"
   train.train_and_evaluate(_cfg(**{"ensemble.size": 2, "num_epochs": 2}), workdir, data_dir)
