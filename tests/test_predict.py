@@ -227,7 +227,6 @@ def test_validation_table_word_for_word():
                            "| 1 | 6 | 2 | 0.92000 | 0.94000 (3 wrong) |")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("own_split", [True, False])
 def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path, kaggle_dir,
                                                                       own_split):
