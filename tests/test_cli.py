@@ -177,6 +177,30 @@ def test_score_with_default_and_explicit_answers(cli_main, predicted, data):
     assert float(last.split()[-1]) > 0.5
 
 
+def test_predict_writes_the_sample_submissions_header_and_ids(cli_main, trained, predicted,
+                                                               data, tmp_path):
+  """A sample_submission.csv beside test.csv gives the header and, test.csv having no id
+  column, the ids in its order: here `id,label` counting down from n - 1."""
+  with_sample = tmp_path / "data"
+  with_sample.mkdir()
+  for name in ("train.csv", "test.csv"):
+    shutil.copy(data / name, with_sample / name)
+  n_test = len((data / "test.csv").read_text().splitlines()) - 1
+  ids = list(range(n_test - 1, -1, -1))
+  (with_sample / "sample_submission.csv").write_text(
+      "id,label\n" + "".join(f"{i},0\n" for i in ids))
+  out = tmp_path / "submission.csv"
+  code, _, err = cli_main("predict", "--workdir", trained[0], "--data-dir", with_sample,
+                          "--out", out)
+  assert code == 0, err
+  header, *rows = out.read_text().splitlines()
+  assert header == "id,label"
+  assert [int(row.split(",")[0]) for row in rows] == ids
+  # The same labels as the default submission, row for row.
+  np.testing.assert_array_equal([int(row.split(",")[1]) for row in rows],
+                                submission_labels(predicted[0]))
+
+
 def test_validate_prints_a_row_per_tta_count(cli_main, trained, data):
   code, out, err = cli_main("validate", "--workdir", trained[0], "--data-dir", data,
                            "--tta", "1", "5")
@@ -556,14 +580,21 @@ def test_predict_tta_above_nine(cli_main, trained, data):
   assert line == "dr-jax: error: --tta 10: choose 1 (no test-time augmentation) to 9"
 
 
-def test_predict_vote_takes_the_views_majority(cli_main, trained, data, view_logits, tmp_path):
+def test_predict_vote_takes_the_views_majority(cli_main, trained, data, view_logits, tmp_path,
+                                               monkeypatch):
   """One member, three views: each view votes for its top class."""
   vote, mean = tmp_path / "vote.csv", tmp_path / "mean.csv"
+  votes, real = [], evaluate.Predictor.probabilities
+  monkeypatch.setattr(evaluate.Predictor, "probabilities",
+                      lambda self, *a, **k: votes.append(k.get("vote")) or real(self, *a, **k))
   for out, extra in ((vote, ("--vote",)), (mean, ())):
     code, stdout, err = cli_main("predict", "--workdir", trained[0], "--data-dir", data,
                                  "--out", out, "--tta", "3", *extra)
     assert code == 0, err
     assert stdout.strip() == str(out)
+  # On this run every image's views may agree, so voting and averaging may give the same
+  # labels: --vote must reach the predictor whatever they give.
+  assert votes == [True, False]
   logits = logits_for(view_logits, 3)
   voted = submission_labels(vote)
   np.testing.assert_array_equal(voted, vote_labels(logits))

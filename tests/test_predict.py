@@ -479,3 +479,6 @@ def test_predict_averages_probabilities_with_the_runs_tta_unless_told(tmp_path, 
   assert calls == [([tmp_path / "run"], tmp_path / "data", tmp_path / "run" / "submission.csv",
                     None, False)]
   assert (out, predictor) == (tmp_path / "run" / "submission.csv", "p")
+  calls.clear()
+  predict.predict(tmp_path / "run", tmp_path / "data", tmp_path / "s.csv", tta=3, vote=True)
+  assert calls == [([tmp_path / "run"], tmp_path / "data", tmp_path / "s.csv", 3, True)]
