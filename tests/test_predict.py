@@ -236,7 +236,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
   train.train_and_evaluate(cfg, workdir, data_dir)
   result = predict.validate(workdir, data_dir, (1, 3))
   assert result.ttas == (1, 3) and result.n_val == 30
-  assert result.member_errors.shape == (2, 2)
+  assert result.member_errors.shape == (2, 2) and result.member_errors.dtype == np.int64
   # The trainer's best validation accuracy per member is the tta-1 row, counted again here.
   records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
   best = np.max([r["val_accuracy_members"] for r in records], axis=0)
@@ -246,6 +246,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
     val = build.load_split(cfg, data_dir).val
     probs = evaluate.load_predictor(workdir).probabilities(val.images, tta=3)
     assert result.ensemble_errors[1] == (probs.argmax(-1) != val.labels).sum()
+    assert result.ensemble_errors.dtype == np.int64  # Counts of images, not rates.
   table = result.table().splitlines()
   assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4
 
