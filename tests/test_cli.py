@@ -213,6 +213,17 @@ def test_validate_prints_a_row_per_tta_count(cli_main, trained, data):
 
 
 
+def test_validate_reads_a_run_saved_before_final_fit_existed(cli_main, workdir_copy, data):
+  """A config.json without train.final_fit is a run that held its validation images out."""
+  saved = json.loads((workdir_copy / "config.json").read_text())
+  del saved["train"]["final_fit"]
+  (workdir_copy / "config.json").write_text(json.dumps(saved, indent=2))
+  code, out, err = cli_main("validate", "--workdir", workdir_copy, "--data-dir", data,
+                           "--tta", "1")
+  assert code == 0, err
+  assert out.startswith("| tta | member 0 | member mean accuracy |")
+
+
 def test_validate_with_two_workdirs_validates_their_blend(cli_main, trained, data):
   code, out, err = cli_main("validate", "--workdir", trained[0], "--workdir", trained[0],
                            "--data-dir", data, "--tta", "1")

@@ -229,12 +229,19 @@ def test_validation_table_word_for_word():
 
 @pytest.mark.parametrize("own_split", [True, False])
 def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path, kaggle_dir,
-                                                                      own_split):
+                                                                      own_split, monkeypatch):
   data_dir = kaggle_dir(n_train=300, n_test=10)
   cfg = tiny_config(**{"ensemble.size": 2, "ensemble.own_split": own_split})
   workdir = tmp_path / "run"
   train.train_and_evaluate(cfg, workdir, data_dir)
+  views, real = [], evaluate.Predictor.probabilities
+  monkeypatch.setattr(evaluate.Predictor, "probabilities",
+                      lambda self, *a, **k: views.append(k.get("tta")) or real(self, *a, **k))
   result = predict.validate(workdir, data_dir, (1, 3))
+  # Each member at each count, then (sharing a split) the ensemble: on 30 images of a tiny run
+  # the counts may tie, so the views asked for are checked as well as the counts.
+  assert views == [1, 3, 1, 3] + ([] if own_split else [1, 3])
+  monkeypatch.undo()
   assert result.ttas == (1, 3) and result.n_val == 30
   assert result.member_errors.shape == (2, 2) and result.member_errors.dtype == np.int64
   # The trainer's best validation accuracy per member is the tta-1 row, counted again here.
