@@ -449,6 +449,26 @@ def test_validate_and_predict_reject_a_bad_tta(cli_main, trained, data):
                       "--tta 0")
 
 
+def test_validate_of_a_blend_rejects_a_bad_tta_word_for_word(cli_main, trained, data):
+  line = assert_user_error(cli_main("validate", "--workdir", trained[0], "--workdir", trained[0],
+                                    "--data-dir", data, "--tta", "1", "0"))
+  assert line == "dr-jax: error: --tta 0: choose 1 (no test-time augmentation) to 9"
+
+
+def test_validate_blends_a_one_member_run_with_its_own_split(cli_main, trained, workdir_copy,
+                                                             data):
+  """ensemble.own_split gives member m the split of seed + m: one member's is the shared one."""
+  edit_run_config(workdir_copy, ensemble={"own_split": True})
+  code, out, err = cli_main("validate", "--workdir", trained[0], "--workdir", workdir_copy,
+                           "--data-dir", data, "--tta", "1")
+  assert code == 0, err
+  header, _, row = out.strip().splitlines()
+  assert header == (f"| tta | {trained[0]} | {workdir_copy} | member mean accuracy | "
+                    "blend accuracy |")
+  cells = row.strip("| ").split(" | ")
+  assert cells[1] == cells[2], row  # The same checkpoint on the same images.
+
+
 def test_validate_and_report_reject_another_train_csv(cli_main, trained, kaggle_dir):
   other = kaggle_dir(n_train=300, n_test=20, seed=1)
   for args in (("validate", "--workdir", trained[0]), ("report", trained[0])):
