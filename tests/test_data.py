@@ -998,6 +998,28 @@ def test_a_file_without_header_reads_with_header_false(tmp_path):
   test = tmp_path / "test.csv"
   test.write_text("\n".join(",".join(map(str, r[1:])) for r in make_rows(3)) + "\n")
   assert data.parse_csv(test, False, header=False).images.shape == (3, 28, 28, 1)
+  # An empty cell and a short row are named by the file's own lines too.
+  rows = make_rows(5)
+  rows[3][5] = ""
+  empty = tmp_path / "empty.csv"
+  empty.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+  assert user_error(empty, header=False).endswith(
+      "empty or NaN cells in pixel4 (1 cell: line 4); fix the file, or set "
+      "--config.data.nan_policy=drop (drop those rows) or =fill (use data.fill_value)")
+  rows = make_rows(5)
+  rows[2] = rows[2][:-1]
+  short = tmp_path / "short.csv"
+  short.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+  assert user_error(short, header=False).endswith(
+      "line 3 (data row 3): has 784 fields, expected 785 like the first line; fix or remove "
+      "that row")
+
+
+def test_a_header_only_file_has_no_rows_whatever_the_nan_policy(tmp_path):
+  header_only = write_csv(tmp_path / "train.csv", [])
+  for policy in ("error", "drop", "fill"):
+    assert user_error(header_only, nan_policy=policy).endswith(
+        "has a header but no rows; expected one row per image")
 
 
 def test_labels_are_any_non_negative_integers(tmp_path):
