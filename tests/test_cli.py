@@ -449,6 +449,17 @@ def test_validate_and_predict_reject_a_bad_tta(cli_main, trained, data):
                       "--tta 0")
 
 
+def test_validate_of_a_blend_asks_each_member_for_each_view_and_counts_images(trained, data,
+                                                                            monkeypatch):
+  """On a tiny run the error counts of 1 and 3 views may tie: the views asked for are checked."""
+  views, real = [], evaluate.Predictor.probabilities
+  monkeypatch.setattr(evaluate.Predictor, "probabilities",
+                      lambda self, *a, **k: views.append(k.get("tta")) or real(self, *a, **k))
+  result = predict.validate_blend([trained[0], trained[0]], data, (1, 3))
+  assert views == [1, 3, 1, 3]
+  assert result.member_errors.dtype == np.int64 and result.ensemble_errors.dtype == np.int64
+
+
 def test_validate_of_a_blend_rejects_a_bad_tta_word_for_word(cli_main, trained, data):
   line = assert_user_error(cli_main("validate", "--workdir", trained[0], "--workdir", trained[0],
                                     "--data-dir", data, "--tta", "1", "0"))
