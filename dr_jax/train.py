@@ -244,15 +244,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                   out_shardings=parallel.replicated(mesh))(init_key)
   pseudo_record = pseudo_labels.record() if pseudo_labels else None
   state, best, run = _resume_or_start(cfg, workdir, ckpts, split, state, pseudo_record)
-  metrics.log("compiling the train step…")
-  compile_start = time.time()
-  program = compile_program(cfg, split, state, mesh, plan)
-  compile_s = time.time() - compile_start
-  metrics.log(f"{parallel.describe(mesh)}; {_plural(cfg.ensemble.size, 'member')}; "
-              f"{split.train_idx.shape[1]} train / {split.val_idx.shape[1]} val images; "
-              f"{plan.steps} steps of {cfg.batch_size} per epoch; "
-              f"{models.count_params(state.params) // cfg.ensemble.size:,} parameters per member; "
-              f"train step compiled in {compile_s:.1f}s")
+  program, compile_s = _compile_and_describe(cfg, split, state, mesh, plan)
   if cfg.train.budget_minutes and earlier is None:
     cfg, state, program = _fit_budget(cfg, split, state, mesh, program, compile_s,
                                       session_start)
@@ -274,6 +266,22 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
               f"tensorboard --logdir {workdir / 'tensorboard'}")
   return summary
 
+
+def _compile_and_describe(cfg: ml_collections.ConfigDict, split: build.Split,
+                          state: steps.TrainState, mesh: jax.sharding.Mesh,
+                          plan: EpochPlan) -> tuple[Program, float]:
+  """`compile_program`, and the log line that says what the run trains and how long the
+  train step took to compile: the program and those seconds."""
+  metrics.log("compiling the train step…")
+  compile_start = time.time()
+  program = compile_program(cfg, split, state, mesh, plan)
+  compile_s = time.time() - compile_start
+  metrics.log(f"{parallel.describe(mesh)}; {_plural(cfg.ensemble.size, 'member')}; "
+              f"{split.train_idx.shape[1]} train / {split.val_idx.shape[1]} val images; "
+              f"{plan.steps} steps of {cfg.batch_size} per epoch; "
+              f"{models.count_params(state.params) // cfg.ensemble.size:,} parameters per member; "
+              f"train step compiled in {compile_s:.1f}s")
+  return program, compile_s
 
 def _fit_budget(cfg: ml_collections.ConfigDict, split: build.Split, state: steps.TrainState,
                 mesh: jax.sharding.Mesh, program: Program, compile_s: float,

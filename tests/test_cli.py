@@ -715,6 +715,19 @@ def test_a_run_trained_with_predict_tta_predicts_with_that_many_views(cli_main, 
   np.testing.assert_array_equal(found["default"][0], found["3"][0])
 
 
+def assert_blend_refused(cli_main, runs: list[pathlib.Path], data_dir: pathlib.Path,
+                         out: pathlib.Path, message: str) -> None:
+  """`predict.blend` and `dr-jax predict` with these runs both refuse with `message`, writing
+  nothing."""
+  with pytest.raises(UserError) as info:
+    predict.blend(runs, data_dir, out)
+  assert str(info.value) == message
+  workdirs = [arg for run in runs for arg in ("--workdir", run)]
+  line = assert_user_error(cli_main("predict", *workdirs, "--data-dir", data_dir, "--out", out))
+  assert line == f"dr-jax: error: {message}"
+  assert not out.exists()
+
+
 def test_blend_refuses_runs_that_keep_other_test_rows(cli_main, trained, data, tmp_path):
   """An empty cell in test.csv: nan_policy=fill keeps its row, drop does not."""
   with_nan = tmp_path / "data"
@@ -728,14 +741,7 @@ def test_blend_refuses_runs_that_keep_other_test_rows(cli_main, trained, data, t
   n_test = len(lines) - 1
   message = (f"{drop}: its data settings keep {n_test - 1} test images, the runs before it "
              f"{n_test}; blend runs with the same data.nan_policy")
-  out = tmp_path / "blend.csv"
-  with pytest.raises(UserError) as info:
-    predict.blend([fill, drop], with_nan, out)
-  assert str(info.value) == message
-  line = assert_user_error(cli_main("predict", "--workdir", fill, "--workdir", drop,
-                                    "--data-dir", with_nan, "--out", out))
-  assert line == f"dr-jax: error: {message}"
-  assert not out.exists()
+  assert_blend_refused(cli_main, [fill, drop], with_nan, tmp_path / "blend.csv", message)
 
 
 def test_blend_refuses_runs_trained_on_other_labels(cli_main, trained, data, tmp_path):
@@ -747,14 +753,7 @@ def test_blend_refuses_runs_trained_on_other_labels(cli_main, trained, data, tmp
   edit_run_config(other, data={"classes": [*range(9), 10]})
   message = (f"{other}: predicts the labels (0, 1, 2, 3, 4, 5, 6, 7, 8, 10), the runs before it "
              "(0, 1, 2, 3, 4, 5, 6, 7, 8, 9); blend runs trained on the same labels")
-  out = tmp_path / "blend.csv"
-  with pytest.raises(UserError) as info:
-    predict.blend([digits, other], data, out)
-  assert str(info.value) == message
-  line = assert_user_error(cli_main("predict", "--workdir", digits, "--workdir", other,
-                                    "--data-dir", data, "--out", out))
-  assert line == f"dr-jax: error: {message}"
-  assert not out.exists()
+  assert_blend_refused(cli_main, [digits, other], data, tmp_path / "blend.csv", message)
 
 
 def test_predict_refuses_a_checkpoint_of_another_model(cli_main, workdir_copy, data):
