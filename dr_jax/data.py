@@ -402,9 +402,9 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
       seen += len(block)
       block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
       if len(block):
-        values = block.to_numpy(dtype=np.float64)
-        _check_integers(values, path, columns, block.index.to_numpy(), header)
-        parts.add(values, block.index.to_numpy())
+        values, rows = block.to_numpy(dtype=np.float64), block.index.to_numpy()
+        _check_integers(values, path, columns, rows, header)
+        parts.add(values, rows)
   if nan_rows:
     raise UserError(_nan_report(pd.concat(nan_rows), path, header))
   if not parts.images:
