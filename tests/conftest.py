@@ -199,6 +199,18 @@ def call_main(args: tuple[str | os.PathLike, ...]) -> tuple[int, str, str]:
   return code, out.getvalue(), err.getvalue()
 
 
+def record_predictor_calls(monkeypatch: pytest.MonkeyPatch, keyword: str) -> list:
+  """The `keyword` argument of every `evaluate.Predictor.probabilities` call from now on (the
+  calls still run): checks that an option reaches the predictor where its effect may not show."""
+  from dr_jax import evaluate
+
+  seen: list = []
+  real = evaluate.Predictor.probabilities
+  monkeypatch.setattr(evaluate.Predictor, "probabilities",
+                      lambda self, *a, **k: seen.append(k.get(keyword)) or real(self, *a, **k))
+  return seen
+
+
 @pytest.fixture
 def cli_main(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
              ) -> Callable[..., tuple[int, str, str]]:

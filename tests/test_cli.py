@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import call_main, cli_isolation, write_family_dir
+from conftest import call_main, cli_isolation, record_predictor_calls, write_family_dir
 from dr_jax import augment, build, cli, config, evaluate, predict, provenance
 from dr_jax.errors import UserError
 
@@ -452,9 +452,7 @@ def test_validate_and_predict_reject_a_bad_tta(cli_main, trained, data):
 def test_validate_of_a_blend_asks_each_member_for_each_view_and_counts_images(trained, data,
                                                                             monkeypatch):
   """On a tiny run the error counts of 1 and 3 views may tie: the views asked for are checked."""
-  views, real = [], evaluate.Predictor.probabilities
-  monkeypatch.setattr(evaluate.Predictor, "probabilities",
-                      lambda self, *a, **k: views.append(k.get("tta")) or real(self, *a, **k))
+  views = record_predictor_calls(monkeypatch, "tta")
   result = predict.validate_blend([trained[0], trained[0]], data, (1, 3))
   assert views == [1, 3, 1, 3]
   assert result.member_errors.dtype == np.int64 and result.ensemble_errors.dtype == np.int64
@@ -626,9 +624,7 @@ def test_predict_vote_takes_the_views_majority(cli_main, trained, data, view_log
                                                monkeypatch):
   """One member, three views: each view votes for its top class."""
   vote, mean = tmp_path / "vote.csv", tmp_path / "mean.csv"
-  votes, real = [], evaluate.Predictor.probabilities
-  monkeypatch.setattr(evaluate.Predictor, "probabilities",
-                      lambda self, *a, **k: votes.append(k.get("vote")) or real(self, *a, **k))
+  votes = record_predictor_calls(monkeypatch, "vote")
   for out, extra in ((vote, ("--vote",)), (mean, ())):
     code, stdout, err = cli_main("predict", "--workdir", trained[0], "--data-dir", data,
                                  "--out", out, "--tta", "3", *extra)

@@ -12,7 +12,7 @@ import pytest
 
 from dr_jax import augment, build, config, data, evaluate, optim, predict, steps, train
 from dr_jax.errors import UserError
-from conftest import tiny_config
+from conftest import record_predictor_calls, tiny_config
 
 
 def _predictor(members=1):
@@ -234,9 +234,7 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
   cfg = tiny_config(**{"ensemble.size": 2, "ensemble.own_split": own_split})
   workdir = tmp_path / "run"
   train.train_and_evaluate(cfg, workdir, data_dir)
-  views, real = [], evaluate.Predictor.probabilities
-  monkeypatch.setattr(evaluate.Predictor, "probabilities",
-                      lambda self, *a, **k: views.append(k.get("tta")) or real(self, *a, **k))
+  views = record_predictor_calls(monkeypatch, "tta")
   result = predict.validate(workdir, data_dir, (1, 3))
   # Each member at each count, then (sharing a split) the ensemble: on 30 images of a tiny run
   # the counts may tie, so the views asked for are checked as well as the counts.
