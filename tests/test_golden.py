@@ -9,8 +9,8 @@ best-epoch choice or submission format moves these numbers; a pure refactoring d
 Floats are compared with a tolerance (relative 1e-4, absolute 1e-5), learning rates to 1e-7
 relative, training accuracy to one image, epochs and submission lines exactly. Validation
 accuracies count 30 images, so one image more or less right (3.3e-2) always fails. The runs are
-chosen to compute the same bits under XLA_FLAGS=--xla_cpu_max_isa=AVX2 as with AVX-512 and (but
-for residual_final_fit) on 1 thread as on 2 (see GENTLE); the tolerance is headroom for small
+chosen to compute the same bits, or within 1e-5 relative, under XLA_FLAGS=--xla_cpu_max_isa=AVX2
+as with AVX-512 and on 1 thread as on 2 (see GENTLE); the tolerance is headroom for small
 reassociation, not for chaos.
 
 Regenerate after an intended change of training behaviour (and say why in the commit message):
@@ -54,7 +54,7 @@ SUBSET = 300
 # instead of 2; XLA_FLAGS=--xla_cpu_max_isa=AVX2 instead of AVX-512 with rotation on) grows to
 # 5e-4 (1 thread) or 3e-2 (AVX2) relative in the validation loss within three epochs, then
 # flips training-accuracy counts and the best epoch; no tolerance absorbs that. So the runs
-# train gently (RMSprop at 1e-4, or two epochs), where such differences stay below 2e-5
+# train gently (RMSprop or Adam at 1e-4, or two epochs), where such differences stay below 2e-5
 # (measured with rotation on under AVX2), and without rotation, whose sin/cos inside the fused
 # train step round differently under AVX2 (zoom, shift and the convolutions compute the same
 # bits). test_augment.py tests rotation.
@@ -98,14 +98,16 @@ def ensemble() -> ml_collections.ConfigDict:
 
 def residual_final_fit() -> ml_collections.ConfigDict:
   """experiments/residual.py narrowed (residual blocks, batch-norm, global average pooling, Adam,
-  one-cycle) as a final fit: all 300 rows train and the last epoch is kept, although epoch 2's
-  validation accuracy is the higher (pins train.final_fit's keep-last rule). Adam at 2e-3 for
-  three epochs, so the tiny net learns at all: the same bits under AVX2 as under AVX-512, but
-  one thread instead of two moves the third epoch's losses by 3e-4, past the tolerance."""
+  one-cycle) as a final fit: all 300 rows train and the last epoch is kept, although epoch 1's
+  validation accuracy is the same at a lower loss (pins train.final_fit's keep-last rule). Gentle
+  (Adam at 1e-4) because batch-norm and Adam amplify a reduction order: at 2e-3 the third epoch's
+  training loss moved by 3.5e-4 relative between 1 and 2 threads, and between AVX2 and
+  AVX-512 boxes; at 1e-4, by at most 1.1e-6 (measured with 1 and 2 threads under each ISA limit
+  from SSE4.2 to AVX-512). The net learns little in three epochs that way; the golden pins its
+  losses, not its skill."""
   cfg = tiny_config(**{"num_epochs": 3, "data.subset": SUBSET, "model.name": "residual",
-                       "optimizer.name": "adam", "optimizer.lr": 2e-3,
-                       "schedule.name": "onecycle", "train.final_fit": True,
-                       "train.steps_per_call": 1, "augment.rotation": 0.0})
+                       "optimizer.name": "adam", "schedule.name": "onecycle",
+                       "train.final_fit": True, "train.steps_per_call": 1, **GENTLE})
   cfg.model.kwargs = ml_collections.ConfigDict({"widths": (8, 16, 32), "blocks": 1,
                                                "dropout": 0.0, "pool": "reshape"})
   return cfg
@@ -197,10 +199,12 @@ def test_the_goldens_cover_the_rules_they_are_configured_for():
   acc = classic["val_accuracy"]
   assert any(acc[e] == max(acc[:e]) and classic["best_epoch_per_epoch"][e] == e + 1
              for e in range(1, len(acc))), "no tie broken by the loss"
-  # A final fit keeps its last epoch, also after a better one.
+  # A final fit keeps its last epoch, also after a better one (train.is_better's order: a higher
+  # accuracy, or the same at a lower loss).
   fit = runs["residual_final_fit"]
   assert fit["best_epoch_per_epoch"] == fit["epochs"]
-  assert max(fit["val_accuracy"]) > fit["val_accuracy"][-1]
+  last = (fit["val_accuracy"][-1], -fit["val_loss"][-1])
+  assert any((acc, -loss) > last for acc, loss in zip(fit["val_accuracy"], fit["val_loss"]))
   # Frozen members (lr 0) repeat an epoch's validation loss exactly; that tie is not a new best.
   loss = members["val_loss"]
   assert any(loss[e] == loss[e - 1] and members["best_epoch_per_epoch"][e] < e + 1
