@@ -54,12 +54,12 @@ class Digits:
   ids: np.ndarray | None = None
 
 
-def _where(path: pathlib.Path, data_row: int, header: bool = True) -> str:
+def _where(path: pathlib.Path, data_row: int, header: bool) -> str:
   """Names a data row the way an editor shows it: file line (a header is line 1)."""
   return f"{path}: line {data_row + 1 + header} (data row {data_row + 1})"
 
 
-def _rows_text(rows: np.ndarray, limit: int = 5, header: bool = True) -> str:
+def _rows_text(rows: np.ndarray, header: bool, limit: int = 5) -> str:
   """Lists the first few file lines of data rows, with a count of the rest."""
   lines = ", ".join(str(int(r) + 1 + header) for r in rows[:limit])
   more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
@@ -214,7 +214,7 @@ def _check_columns(columns: list[str], path: pathlib.Path, with_labels: bool,
 class _Lines:
   """A CSV's data lines read forward on demand: the raw text of the few rows an error names."""
 
-  def __init__(self, path: pathlib.Path, header: bool = True):
+  def __init__(self, path: pathlib.Path, header: bool):
     opener: Any = gzip.open if path.suffix == ".gz" else open
     self._file = opener(path, "rt", encoding="utf-8-sig", newline="")
     self.header = header
@@ -246,13 +246,13 @@ def _short_rows(lines: dict[int, str], n_columns: int) -> list[tuple[int, int]]:
 
 
 def _fields_error(path: pathlib.Path, data_row: int, count: int, expected: int,
-                  header: bool = True) -> UserError:
+                  header: bool) -> UserError:
   """The error for a row with another number of fields than the first (see _short_rows)."""
   return UserError(f"{_where(path, data_row, header)}: has {count} fields, expected {expected} "
                    f"like the {'header' if header else 'first line'}; fix or remove that row")
 
 
-def _nan_report(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) -> str:
+def _nan_report(frame: pd.DataFrame, path: pathlib.Path, header: bool) -> str:
   """Names the columns with empty/NaN cells and the lines they are on."""
   mask = frame.isna()
   by_column = mask.sum(axis=0)
@@ -267,7 +267,7 @@ def _nan_report(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) ->
           "--config.data.nan_policy=drop (drop those rows) or =fill (use data.fill_value)")
 
 
-def _to_numbers(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) -> pd.DataFrame:
+def _to_numbers(frame: pd.DataFrame, path: pathlib.Path, header: bool) -> pd.DataFrame:
   """Checks every non-empty cell is a decimal number (`True`, `0x10`, `abc` are errors)."""
   for column in frame.columns:
     cells = frame[column]
@@ -284,7 +284,7 @@ def _to_numbers(frame: pd.DataFrame, path: pathlib.Path, header: bool = True) ->
 
 
 def _check_integers(values: np.ndarray, path: pathlib.Path, columns: list[str],
-                    rows: np.ndarray, header: bool = True) -> None:
+                    rows: np.ndarray, header: bool) -> None:
   """Raises naming the first cell that holds a fraction."""
   fractional = np.flatnonzero((values != np.round(values)).any(axis=1))
   if len(fractional):
@@ -312,7 +312,7 @@ class _OutOfRange:
       self.first = (int(rows[row]), columns[col], float(values[row, col]))
     self.count += len(bad)
 
-  def check(self, path: pathlib.Path, header: bool = True) -> None:
+  def check(self, path: pathlib.Path, header: bool) -> None:
     """Raises naming the first cell outside the range, if any."""
     if self.first is not None:
       row, column, value = self.first
@@ -395,16 +395,17 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
     parts = _Parts(layout, with_labels)
     reader = _read_csv(path, chunksize=CHUNK_ROWS) if header else \
         _read_csv(path, chunksize=CHUNK_ROWS, header=None, names=names)
-    for block in reader:
-      if names != columns:
-        block.columns = [str(c).strip() for c in block.columns]
-        block = block[columns]
-      seen += len(block)
-      block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
-      if len(block):
-        values, rows = block.to_numpy(dtype=np.float64), block.index.to_numpy()
-        _check_integers(values, path, columns, rows, header)
-        parts.add(values, rows)
+    with reader:  # Its file is closed also when a block raises.
+      for block in reader:
+        if names != columns:
+          block.columns = [str(c).strip() for c in block.columns]
+          block = block[columns]
+        seen += len(block)
+        block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
+        if len(block):
+          values, rows = block.to_numpy(dtype=np.float64), block.index.to_numpy()
+          _check_integers(values, path, columns, rows, header)
+          parts.add(values, rows)
   if nan_rows:
     raise UserError(_nan_report(pd.concat(nan_rows), path, header))
   if not parts.images:

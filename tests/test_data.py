@@ -1,14 +1,17 @@
 """Tests for dr_jax.data: CSV parsing and validation, the .npz cache, split, one-hot, scaling."""
 
+import gc
 import gzip
 import io
 import pathlib
 import re
 import subprocess
 import sys
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -161,6 +164,18 @@ def test_duplicate_column(tmp_path):
   user_error(path, "duplicate", "pixel4")
 
 
+# pandas' C tokenizer errors (pandas/_libs/src/parser/tokenizer.c), as str(ParserError) gives them.
+@pytest.mark.parametrize("raw, ours", [
+    ("Error tokenizing data. C error: Expected 785 fields in line 5, saw 786\n",
+     "expected 785 fields in line 5, saw 786"),
+    ("Error tokenizing data. C error: Buffer overflow caught - possible malformed input file.\n",
+     "Buffer overflow caught - possible malformed input file"),
+    ("Error tokenizing data. C error: EOF inside string starting at row 3",
+     "EOF inside string starting at row 3")])
+def test_parser_message_keeps_pandas_facts_without_its_prefix_and_period(raw, ours):
+  assert data._parser_message(raw) == ours
+
+
 def test_row_with_too_many_fields_names_its_line(tmp_path):
   rows = make_rows(5)
   rows[2].append(9)
@@ -198,6 +213,39 @@ def test_non_numeric_cell_names_column_line_and_value(tmp_path, column):
   rows[2][column] = "abc"
   name = TRAIN_COLUMNS[column]
   user_error(write_csv(tmp_path / "train.csv", rows), rf"\b{name}\b", r"\bline 4\b", "abc")
+
+
+def test_a_late_non_numeric_cell_in_a_wide_block_is_our_error_without_a_pandas_warning(
+    tmp_path):
+  """pandas parses 2**20 // columns rows at a time (rounded down to a power of 2): 256 for
+  32×32×3 images, fewer than a block of CHUNK_ROWS. With low_memory each of those guesses its
+  own dtype and pandas warns of mixed types (DtypeWarning) before our one-line error."""
+  columns = ["label"] + [f"pixel{i}" for i in range(32 * 32 * 3)]
+  rows = [[i % 10] + [7] * (32 * 32 * 3) for i in range(400)]
+  rows[300][6] = "x"
+  path = write_csv(tmp_path / "train.csv", rows, columns)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", pd.errors.DtypeWarning)
+    message = user_error(path, r"\bpixel5\b", r"\bline 302\b", "'x'", image_shape=(32, 32, 3))
+  assert message.endswith("every cell must be an integer")
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_a_read_that_fails_in_a_block_closes_its_file(tmp_path, small_blocks, header):
+  """An unclosed file is a ResourceWarning when it is collected (and a held handle meanwhile)."""
+  rows = make_rows(12)
+  rows[1][3] = "x"  # In the first of four blocks.
+  path = write_csv(tmp_path / "train.csv", rows, TRAIN_COLUMNS if header else [])
+  if not header:
+    path.write_text(path.read_text().split("\n", 1)[1])
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      data.parse_csv(path, True, header=header)
+    except UserError:
+      pass
+    gc.collect()
+  assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_empty_cells_name_column_and_lines(tmp_path):
