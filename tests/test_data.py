@@ -450,6 +450,16 @@ def test_column_messages_word_for_word(tmp_path):
   # A repeated name with a dot of its own: pandas reads the second as x.y.1.
   write_csv(tmp_path / "e.csv", [], TRAIN_COLUMNS + ["x.y", "x.y"])
   assert _error(tmp_path / "e.csv", True).startswith("duplicate column(s) x.y in the header")
+  # No pixel column at all: the Kaggle 28×28 header is the one expected.
+  write_csv(tmp_path / "f.csv", [[3]], ["label"])
+  assert _error(tmp_path / "f.csv", True) == (
+      "missing column(s) pixel0, pixel1, pixel2, pixel3, pixel4 and 779 more; expected the header "
+      f"`label,pixel0,...,pixel783`{_SQUARE}")
+  # The square comes from the highest pixel number, wherever the one below it lies.
+  write_csv(tmp_path / "g.csv", [], PIXELS[:16] + ["pixel99"])
+  assert _error(tmp_path / "g.csv", False).endswith(
+      "expected the header `pixel0,...,pixel99` (10×10 pixels; for images that are not square set "
+      "--config.data.image_shape=HEIGHT,WIDTH,CHANNELS)")
 
 
 def _error(path, with_labels):
