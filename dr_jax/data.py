@@ -229,11 +229,12 @@ class _Lines:
     self._file.close()
 
   def get(self, rows: Iterable[int]) -> dict[int, str]:
-    """The text of each data row in `rows`; rows are read once, so ask in increasing order."""
+    """The text of each data row in `rows`, line ending included (callers count commas and
+    test for blank lines); rows are read once, so ask in increasing order."""
     found = {}
     for row in sorted(set(int(r) for r in rows)):
       while self._row < row:
-        self._text = next(self._file, "").rstrip("\r\n")
+        self._text = next(self._file, "")
         self._row += 1
       found[row] = self._text
     return found
