@@ -333,7 +333,9 @@ def _clean_block(frame: pd.DataFrame, path: pathlib.Path, lines: _Lines, nan_pol
     return frame  # The common block: no empty cell or blank line, nothing to convert.
   empty = frame.isna().all(axis=1).to_numpy()
   nan_index = frame.index[frame.isna().any(axis=1).to_numpy()].to_numpy()
-  text = lines.get(np.union1d(frame.index[empty].to_numpy(), nan_index[:50]))
+  # Every row with an empty cell is looked at: pandas fills a row with too few fields with
+  # empty cells, which nan_policy=fill would otherwise take for missing pixels.
+  text = lines.get(np.union1d(frame.index[empty].to_numpy(), nan_index))
   short = _short_rows(text, frame.shape[1])
   if short:
     raise _fields_error(path, *short[0], frame.shape[1], lines.header)
@@ -347,13 +349,13 @@ def _clean_block(frame: pd.DataFrame, path: pathlib.Path, lines: _Lines, nan_pol
     return frame.dropna(axis=0)
   if nan_policy == "drop":
     return frame.dropna(axis=0)
-  for column in frame.columns[:2]:  # The label, or a test file's id, comes first.
-    if (column == "label" or column.lower() in ID_COLUMNS) and frame[column].isna().any():
-      row = frame.index[frame[column].isna().to_numpy()][0]
-      what = "label" if column == "label" else f"id ({column})"
-      raise UserError(f"{_where(path, row, lines.header)}: the {what} is empty; "
-                      "data.nan_policy=fill fills pixels only (a filled label or id would be "
-                      "wrong): fix the row or use --config.data.nan_policy=drop")
+  first = frame.columns[0]  # The label, or a test file's id, comes first (see _check_columns).
+  if (first == "label" or first.lower() in ID_COLUMNS) and frame[first].isna().any():
+    row = frame.index[frame[first].isna().to_numpy()][0]
+    what = "label" if first == "label" else f"id ({first})"
+    raise UserError(f"{_where(path, row, lines.header)}: the {what} is empty; "
+                    "data.nan_policy=fill fills pixels only (a filled label or id would be "
+                    "wrong): fix the row or use --config.data.nan_policy=drop")
   return frame.fillna(fill_value)
 
 

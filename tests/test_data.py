@@ -207,6 +207,18 @@ def test_row_with_too_few_fields_is_an_error_under_any_nan_policy(tmp_path):
     user_error(path, r"\bline 3\b", r"\b5 fields\b", nan_policy=policy)
 
 
+def test_a_short_row_among_many_with_empty_cells_is_an_error_not_filled(tmp_path):
+  """Its missing fields read as empty cells, as the 59 rows before it have: not filled."""
+  rows = make_rows(70)
+  for row in rows:
+    row[10] = ""
+  rows[59] = rows[59][:-3]
+  path = write_csv(tmp_path / "train.csv", rows)
+  for policy in ("drop", "fill"):
+    user_error(path, r"^: line 61 \(data row 60\): has 782 fields, expected 785 like the header",
+               nan_policy=policy)
+
+
 @pytest.mark.parametrize("column", [0, 8])
 def test_non_numeric_cell_names_column_line_and_value(tmp_path, column):
   rows = make_rows(4)
@@ -267,6 +279,22 @@ def test_error_line_counts_blank_lines(tmp_path):
   lines = [",".join(TRAIN_COLUMNS)] + [",".join(map(str, row)) for row in rows]
   path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
   user_error(path, r"\bline 5\b")
+
+
+def test_a_line_of_spaces_is_a_blank_line(tmp_path):
+  """pandas reads its spaces as a text cell, so that block's label column is text: the rows
+  around it are converted to numbers, not lost."""
+  rows = make_rows(3)
+  lines = [",".join(TRAIN_COLUMNS)] + [",".join(map(str, row)) for row in rows]
+  path = tmp_path / "train.csv"
+  path.write_text("\n".join(lines[:2] + ["   "] + lines[2:]) + "\n")
+  digits = data.parse_csv(path, True)
+  np.testing.assert_array_equal(digits.labels, as_array(rows)[:, 0])
+  np.testing.assert_array_equal(digits.images.reshape(3, -1), as_array(rows)[:, 1:])
+  rows[2][5] = 300
+  lines[3] = ",".join(map(str, rows[2]))
+  path.write_text("\n".join(lines[:2] + ["   "] + lines[2:]) + "\n")
+  user_error(path, r"\bline 5\b", r"\bpixel4\b", r"\b300\b")
 
 
 @pytest.mark.parametrize("value", [256, -1, 1000])
