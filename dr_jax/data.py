@@ -385,7 +385,7 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   _check_file(path)
   _check_memory(path)
   nan_rows: list[pd.DataFrame] = []
-  any_rows = False  # Before nan_policy=drop: tells 'all dropped' from 'no rows'.
+  seen = 0
   with _pandas_errors(path), _Lines(path, header) as lines:
     names = _header(path, lines, with_labels, header)
     layout = _check_columns(names, path, with_labels, tuple(image_shape))
@@ -403,7 +403,7 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
         if names != columns:
           block.columns = [str(c).strip() for c in block.columns]
           block = block[columns]
-        any_rows = True
+        seen += len(block)
         block = _clean_block(block, path, lines, nan_policy, fill_value, nan_rows)
         if len(block):
           values, rows = block.to_numpy(dtype=np.float64), block.index.to_numpy()
@@ -412,7 +412,7 @@ def parse_csv(path: pathlib.Path, with_labels: bool, nan_policy: str = "error",
   if nan_rows:
     raise UserError(_nan_report(pd.concat(nan_rows), path, header))
   if not parts.images:
-    if any_rows and nan_policy == "drop":
+    if seen and nan_policy == "drop":
       raise UserError(f"{path}: every row has an empty cell; nothing left after nan_policy=drop")
     raise UserError(f"{path}: has a header but no rows; expected one row per image")
   return parts.digits(path, header)
