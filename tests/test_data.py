@@ -3,6 +3,7 @@
 import gc
 import gzip
 import io
+import math
 import pathlib
 import re
 import subprocess
@@ -312,6 +313,18 @@ def test_label_out_of_range(tmp_path):
              r"non-negative")
 
 
+@pytest.mark.parametrize("label", [10**12, -10**12])
+def test_a_label_past_int32_is_our_error_without_a_numpy_warning(tmp_path, label):
+  """Labels are clipped before their int32 cast: an unclipped one warns 'invalid value
+  encountered in cast' before the range error."""
+  rows = make_rows(3)
+  rows[1][0] = label
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", RuntimeWarning)
+    user_error(write_csv(tmp_path / "train.csv", rows), r"\blabel\b", r"\bline 3\b",
+               "non-negative int32 integers")
+
+
 @pytest.mark.parametrize("column,value", [(0, "2.5"), (300, "17.25")])
 def test_fractional_value(tmp_path, column, value):
   rows = make_rows(3)
@@ -554,6 +567,30 @@ def test_digest_names_the_values_not_their_storage_dtype():
   reference = data.digest(data.Digits(images.astype(np.uint8), labels.astype(np.int32)))
   assert data.digest(data.Digits(images.astype(np.int64), labels.astype(np.int64))) == reference
   assert data.digest(data.Digits(images.astype(np.uint8), None)) != reference
+  ids = np.array([4, 9])
+  with_ids = data.digest(data.Digits(images.astype(np.uint8), None, ids.astype(np.int64)))
+  assert data.digest(data.Digits(images.astype(np.uint8), None, ids.astype(np.int32))) == with_ids
+
+
+# Digests key the .npz cache and are recorded in each run's provenance: a change makes every
+# cache stale and every recorded digest unmatched, so they are pinned.
+def _digits(shape, labels=True, ids=False):
+  images = (np.arange(3 * math.prod(shape)).reshape(3, *shape) * 7) % 256
+  return data.Digits(images.astype(np.uint8), np.array([3, 1, 4], np.int32) if labels else None,
+                     np.array([10, 20, 30]) if ids else None)
+
+
+@pytest.mark.parametrize("digits, expected", [
+    (_digits((28, 28, 1)),
+     "6f171477d50fb9f335260c02687c51cb484b503b09e7cc9af55b7e5bff349632"),
+    (_digits((28, 28, 1), labels=False, ids=True),
+     "554a7dad18ea9325efda1b98dad07a45bc473ae8f570df1679b6fb4f44055ed7"),
+    (_digits((14, 56, 1)),
+     "5c288a5422da3d0cb0d5818cf6b7ed5adb62252e7a09b64d120efab5bd71ed36"),
+    (_digits((28, 28, 1), labels=False),
+     "f82ac268d43686841873ae191600a17e21fed6a87ac511e2e8c9c7324eab3f0e")])
+def test_digest_golden_values(digits, expected):
+  assert data.digest(digits) == expected
 
 
 @pytest.mark.parametrize("with_labels", [True, False])
@@ -1048,6 +1085,14 @@ def test_id_errors_name_the_lines(tmp_path):
   path = write_csv(tmp_path / "dup.csv", rows, ["id"] + PIXELS)
   assert user_error(path, with_labels=False).endswith(
       "id 6 is on lines 3 and 5; each test image needs its own id")
+  # Four rows share an id among 300 shuffled ones: the first two are named (a stable sort;
+  # numpy's default sort names lines 62 and 299 here).
+  ids = np.random.default_rng(0).permutation(300) + 1000
+  ids[[30, 60, 150, 297]] = 7
+  four = write_csv(tmp_path / "dup4.csv", [[i, *p] for i, p in zip(
+      ids.tolist(), make_rows(300, with_labels=False))], ["id"] + PIXELS)
+  assert user_error(four, with_labels=False).endswith(
+      "id 7 is on lines 32 and 62; each test image needs its own id")
   rows[3][0] = "x"
   assert user_error(write_csv(tmp_path / "word.csv", rows, ["id"] + PIXELS),
                     with_labels=False).endswith(
