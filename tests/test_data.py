@@ -1173,3 +1173,6 @@ def test_the_cache_keeps_layouts_apart(tmp_path):
   assert data.load_csv(path, False).images.shape[1:] == (28, 28, 1)
   assert data.digest(square) != data.digest(wide)
   assert len(list((tmp_path / ".cache").glob("*.npz"))) == 2
+  # Two explicit shapes: a cache each as well.
+  assert data.load_csv(path, False, image_shape=(56, 14, 1)).images.shape[1:] == (56, 14, 1)
+  assert len(list((tmp_path / ".cache").glob("*.npz"))) == 3
