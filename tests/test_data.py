@@ -826,6 +826,49 @@ def test_a_cache_unlike_the_parse_is_rebuilt_with_a_note(tmp_path, capsys, tampe
   assert data.load_csv(path, True).images.dtype == np.uint8 and capsys.readouterr().err == ""
 
 
+def test_a_test_files_ids_come_back_from_the_cache(tmp_path, monkeypatch):
+  pixels = make_rows(4, with_labels=False)
+  path = write_csv(tmp_path / "test.csv", [[i, *p] for i, p in zip([9, 3, 7, 5], pixels)],
+                   ["ImageId"] + PIXELS)
+  first = data.load_csv(path, False)
+  forbid_parsing(monkeypatch)
+  second = data.load_csv(path, False)
+  np.testing.assert_array_equal(second.ids, [9, 3, 7, 5])
+  assert second.ids.dtype == np.int64
+  np.testing.assert_array_equal(second.images, first.images)
+
+
+@pytest.mark.parametrize("tamper,problem", [
+    (lambda ids: ids.astype(np.int32), "holds ids int32(4,) that are not one int64 per image"),
+    (lambda ids: ids[:-1], "holds ids int64(3,) that are not one int64 per image"),
+    (lambda ids: ids + 1, _DIGEST)])
+def test_a_cache_with_other_ids_is_rebuilt_with_a_note(tmp_path, capsys, tamper, problem):
+  pixels = make_rows(4, with_labels=False)
+  path = write_csv(tmp_path / "test.csv", [[i, *p] for i, p in zip([9, 3, 7, 5], pixels)],
+                   ["id"] + PIXELS)
+  first = data.load_csv(path, False)
+  [cache] = cache_files(path)
+  _rewrite_cache(cache, ids=tamper(first.ids))
+  capsys.readouterr()
+  np.testing.assert_array_equal(data.load_csv(path, False).ids, [9, 3, 7, 5])
+  assert capsys.readouterr().err == f"note: {cache}: {problem}; rebuilding it from test.csv\n"
+
+
+def test_a_cache_in_another_shape_than_the_configured_one_is_rebuilt(tmp_path, capsys):
+  path = write_csv(tmp_path / "t.csv", make_rows(2, with_labels=False), PIXELS)
+  first = data.load_csv(path, False, image_shape=(14, 56, 1))
+  [cache] = cache_files(path)
+  _rewrite_cache(cache, images=first.images.reshape(2, 28, 28, 1))
+  capsys.readouterr()
+  assert data.load_csv(path, False, image_shape=(14, 56, 1)).images.shape == (2, 14, 56, 1)
+  assert capsys.readouterr().err == (
+      f"note: {cache}: holds images uint8(2, 28, 28, 1), not uint8 (n, 14x56x1); rebuilding it "
+      "from t.csv\n")
+  # The rebuilt cache answers the next load, without a note.
+  assert data.load_csv(path, False, image_shape=(14, 56, 1)).images.shape == (2, 14, 56, 1)
+  assert capsys.readouterr().err == ""
+
+
 def test_a_cache_without_a_digest_is_rebuilt(tmp_path, capsys):
   path = write_csv(tmp_path / "train.csv", make_rows(3))
   data.load_csv(path, True)
