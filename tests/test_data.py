@@ -1028,6 +1028,7 @@ def test_standardize_gives_zero_mean_unit_std():
 
 def test_standardize_constant_images_does_not_divide_by_zero():
   images = np.full((2, 28, 28, 1), 9, np.uint8)
+  assert data.normalization_stats(images, "standardize") == (9.0, 1.0)  # Scale 1, not 0.
   out = data.normalize(images, *data.normalization_stats(images, "standardize"))
   np.testing.assert_array_equal(out, 0.0)
 
