@@ -131,6 +131,9 @@ def test_resume_restores_the_types_of_the_state_it_is_given(tmp_path):
     restored, best, _ = ckpts.resume(state, {"w": _tree(0)["w"]})
   assert isinstance(restored["opt"], _Moments) and int(restored["opt"].count) == 4
   assert restored["opt"].count.dtype == np.int32 and best["w"][0, 0] == 2
+  # The best variables follow their target too: numpy here, as the state (replicated jax arrays
+  # in training); restored without it they would come back as jax arrays on one device.
+  assert type(best["w"]) is type(state["w"]) and best["w"].dtype == state["w"].dtype
 
 
 def test_restore_without_a_target_rebuilds_arrays_on_the_first_device(tmp_path):
