@@ -24,8 +24,9 @@ from dr_jax.fetch import ANSWERS_FILE
 from dr_jax.files import atomic_write_text
 
 # --quick: two epochs on the first 2,000 training rows, enough to smoke-test a sweep's configs
-# in minutes. Applied before --config.KEY=VALUE overrides, which can change them again.
-QUICK_OVERRIDES = ("num_epochs=2", "data.subset=2000")
+# in minutes; no budget, which would set the epoch count from the machine's speed instead.
+# Applied before --config.KEY=VALUE overrides, which can change them again.
+QUICK_OVERRIDES = ("num_epochs=2", "train.budget_minutes=0", "data.subset=2000")
 RESULT = "result.json"
 COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
            "best_epoch", "epochs", "wall_s", "minutes_to_target", "images_per_s", "resumed",

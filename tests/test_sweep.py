@@ -147,6 +147,20 @@ def test_plan_applies_quick_then_overrides_and_offsets_seeds(tmp_path):
   assert runs[2].run_dir == tmp_path / "w" / "a" / "seed2"
 
 
+def test_quick_trains_two_epochs_of_a_budgeted_config(tmp_path):
+  """A budget would fit dozens of epochs of 2,000 rows in its minutes; --quick means two, and
+  an explicit --config.train.budget_minutes still wins."""
+  path = tmp_path / "budgeted.py"
+  path.write_text('"""Budgeted."""\n' + TINY + "\n\ndef get_config():\n  c = tiny(1e-3)\n"
+                  "  c.train.budget_minutes = 5.0\n  return c\n")
+  (run,) = sweep.plan([path], 1, tmp_path / "w")
+  assert (run.cfg.num_epochs, run.cfg.train.budget_minutes) == (1, 5)
+  (run,) = sweep.plan([path], 1, tmp_path / "w", quick=True)
+  assert (run.cfg.num_epochs, run.cfg.train.budget_minutes, run.cfg.data.subset) == (2, 0, 2000)
+  (run,) = sweep.plan([path], 1, tmp_path / "w", ["train.budget_minutes=3"], quick=True)
+  assert run.cfg.train.budget_minutes == 3
+
+
 @pytest.mark.parametrize("grid,message", [
     ("[('x', tiny(1e-3)), ('x', tiny(1e-3))]", "two configs are named 'grid/x'"),
     ("[('a b', tiny(1e-3))]", "letters, digits"),
