@@ -6,6 +6,7 @@ docs/results.md). So this run trains on the 4,200 validation images too and keep
 (train.final_fit); its validation figures are on images it trained on and choose nothing, and
 `dr-jax validate` refuses it. 11% more images per epoch, so about 11% longer than default.py.
 Command: dr-jax run --config experiments/final_fit.py
+Measured: not yet; its test score against default.py's is the open question.
 """
 
 from dr_jax.config import load_config

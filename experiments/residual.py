@@ -3,6 +3,9 @@
 Three stages (16, 32, 64 channels at 28×28, 14×14, 7×7), each a 3×3 conv and one residual
 block of two 3×3 convs with batch-norm, 2×2 max-pooling between them, global average pooling.
 Command: dr-jax train --config experiments/residual.py --workdir runs/residual
+Measured (2-core Intel Xeon, jax 0.10.2; docs/ablations.md): validation 0.9962 ± 0.0013 and
+local test accuracy 0.9953 ± 0.0000 over seeds 0 and 1, where default.py in the same sweep gave
+0.9964 ± 0.0003 and 0.9958 ± 0.0003. Under a 5-minute budget it is experiments/quick.py.
 """
 
 import ml_collections
