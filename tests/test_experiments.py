@@ -3,6 +3,8 @@
 Each is trained for one epoch at tiny sizes (narrow model, at most 2 members) through
 `train.train_and_evaluate`, so a config that a refactor broke fails here rather than an hour into
 its real run. experiments/default.py (`dr-jax run`'s) is in the fast tier; the others are slow.
+A variant that the tiny sizes make identical to an earlier one (a grid row that repeats a file, a
+file that differs from another only in epochs or budget) is checked but not trained again.
 """
 
 from __future__ import annotations
@@ -22,13 +24,6 @@ DEFAULT = ROOT / "experiments" / "default.py"
 EXPERIMENTS = [p for p in sorted(ROOT.glob("experiments/*.py"))
                + sorted(ROOT.glob("experiments/ablations/*.py"))
                if not p.name.startswith("_") and p.name != "torch_baseline.py"]
-# (file, variant name) of every config, each grid variant on its own; default.py has its own test.
-VARIANTS = [pytest.param(path, name, id=str(path.relative_to(ROOT))
-                         + ("" if name == path.stem else f":{name.split('/')[-1]}"))
-            for path in EXPERIMENTS if path != DEFAULT
-            for name, _ in sweep.load_variants(path)]
-
-
 def tiny(cfg: ml_collections.ConfigDict, fused: int = 1) -> ml_collections.ConfigDict:
   """`cfg` at tiny sizes: one epoch (no budget) of batches of 32, narrow layers, at most 2
   members, at most `fused` steps per call. Fused steps are unrolled, so they take most of a
@@ -45,6 +40,28 @@ def tiny(cfg: ml_collections.ConfigDict, fused: int = 1) -> ml_collections.Confi
   if cfg.ensemble.size > 2:
     overrides.append("ensemble.size=2")
   return config.apply_overrides(cfg, overrides)
+
+
+def _variants() -> tuple[list, dict[str, tuple[pathlib.Path, str]]]:
+  """(file, variant name) params of every config but default.py (it has its own test), each grid
+  variant on its own; and {name: (its file, the earlier name it equals at tiny sizes)} for those
+  left out."""
+  params, twins, first = [], {}, {}
+  for path in EXPERIMENTS:
+    if path == DEFAULT:
+      continue
+    for name, cfg in sweep.load_variants(path):
+      key = tiny(cfg).to_json(sort_keys=True)
+      if key in first:
+        twins[name] = (path, first[key])
+        continue
+      first[key] = name
+      params.append(pytest.param(path, name, id=str(path.relative_to(ROOT))
+                                 + ("" if name == path.stem else f":{name.split('/')[-1]}")))
+  return params, twins
+
+
+VARIANTS, TWINS = _variants()
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +109,29 @@ def test_default_config_trains_on_tiny_data(default_run):
 
 
 def test_the_variants_cover_every_other_file_and_each_grid_row():
-  files = {p.values[0] for p in VARIANTS}
-  assert files == set(EXPERIMENTS) - {DEFAULT}
+  """Each file and grid row trains, or is the twin of one that does: the same config once
+  tiny() has set its sizes, epochs and budget."""
+  trained = {p.values[1]: p.values[0] for p in VARIANTS}
+  assert set(trained.values()) | {path for path, _ in TWINS.values()} == \
+      set(EXPERIMENTS) - {DEFAULT}
+  assert not set(TWINS) & set(trained)
+  for name, (_, twin) in TWINS.items():
+    assert tiny(_variant_config(name)).to_json() == tiny(_variant_config(twin)).to_json()
+    assert twin in trained
   grid = ROOT / "experiments" / "ablations" / "grid_schedules.py"
-  assert [p.values[1] for p in VARIANTS if p.values[0] == grid] == [
-      f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant", "cosine",
-                                            "exponential")]
+  rows = [n for n, _ in sweep.load_variants(grid)]
+  assert rows == [f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant",
+                                                        "cosine", "exponential")]
+  assert all(n in trained or n in TWINS for n in rows)
+  # Twins as the shipped files are now: quick.py is residual.py with a budget, and the 30-epoch
+  # grid's elastic row is the 6-epoch grid's.
+  assert TWINS["residual"][1] == "quick"
+  assert TWINS["grid_levers_30/elastic"][1] == "grid_levers/elastic"
+
+
+def _variant_config(name: str) -> ml_collections.ConfigDict:
+  (cfg,) = [c for path in EXPERIMENTS for n, c in sweep.load_variants(path) if n == name]
+  return cfg
 
 
 @pytest.mark.slow
