@@ -24,6 +24,12 @@ DEFAULT = ROOT / "experiments" / "default.py"
 EXPERIMENTS = [p for p in sorted(ROOT.glob("experiments/*.py"))
                + sorted(ROOT.glob("experiments/ablations/*.py"))
                if not p.name.startswith("_") and p.name != "torch_baseline.py"]
+# Every config but default.py (it has its own test), each grid variant on its own: {name: (file,
+# config)}.
+CONFIGS = {name: (path, cfg) for path in EXPERIMENTS if path != DEFAULT
+           for name, cfg in sweep.load_variants(path)}
+
+
 def tiny(cfg: ml_collections.ConfigDict, fused: int = 1) -> ml_collections.ConfigDict:
   """`cfg` at tiny sizes: one epoch (no budget) of batches of 32, narrow layers, at most 2
   members, at most `fused` steps per call. Fused steps are unrolled, so they take most of a
@@ -42,22 +48,18 @@ def tiny(cfg: ml_collections.ConfigDict, fused: int = 1) -> ml_collections.Confi
   return config.apply_overrides(cfg, overrides)
 
 
-def _variants() -> tuple[list, dict[str, tuple[pathlib.Path, str]]]:
-  """(file, variant name) params of every config but default.py (it has its own test), each grid
-  variant on its own; and {name: (its file, the earlier name it equals at tiny sizes)} for those
-  left out."""
+def _variants() -> tuple[list, dict[str, str]]:
+  """(file, variant name) params of the configs to train, and {name: the earlier name it equals
+  at tiny sizes} for the rest."""
   params, twins, first = [], {}, {}
-  for path in EXPERIMENTS:
-    if path == DEFAULT:
+  for name, (path, cfg) in CONFIGS.items():
+    key = tiny(cfg).to_json(sort_keys=True)
+    if key in first:
+      twins[name] = first[key]
       continue
-    for name, cfg in sweep.load_variants(path):
-      key = tiny(cfg).to_json(sort_keys=True)
-      if key in first:
-        twins[name] = (path, first[key])
-        continue
-      first[key] = name
-      params.append(pytest.param(path, name, id=str(path.relative_to(ROOT))
-                                 + ("" if name == path.stem else f":{name.split('/')[-1]}")))
+    first[key] = name
+    params.append(pytest.param(path, name, id=str(path.relative_to(ROOT))
+                               + ("" if name == path.stem else f":{name.split('/')[-1]}")))
   return params, twins
 
 
@@ -111,33 +113,23 @@ def test_default_config_trains_on_tiny_data(default_run):
 def test_the_variants_cover_every_other_file_and_each_grid_row():
   """Each file and grid row trains, or is the twin of one that does: the same config once
   tiny() has set its sizes, epochs and budget."""
-  trained = {p.values[1]: p.values[0] for p in VARIANTS}
-  assert set(trained.values()) | {path for path, _ in TWINS.values()} == \
-      set(EXPERIMENTS) - {DEFAULT}
-  assert not set(TWINS) & set(trained)
-  for name, (_, twin) in TWINS.items():
-    assert tiny(_variant_config(name)).to_json() == tiny(_variant_config(twin)).to_json()
-    assert twin in trained
-  grid = ROOT / "experiments" / "ablations" / "grid_schedules.py"
-  rows = [n for n, _ in sweep.load_variants(grid)]
-  assert rows == [f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant",
-                                                        "cosine", "exponential")]
-  assert all(n in trained or n in TWINS for n in rows)
+  trained = {p.values[1] for p in VARIANTS}
+  assert {CONFIGS[n][0] for n in trained | set(TWINS)} == set(EXPERIMENTS) - {DEFAULT}
+  assert set(TWINS.values()) <= trained and not set(TWINS) & trained
+  for name, twin in TWINS.items():
+    assert tiny(CONFIGS[name][1]).to_json() == tiny(CONFIGS[twin][1]).to_json()
+  assert [n for n in CONFIGS if n.startswith("grid_schedules/")] == [
+      f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant", "cosine",
+                                            "exponential")]
   # Twins as the shipped files are now: quick.py is residual.py with a budget, and the 30-epoch
   # grid's elastic row is the 6-epoch grid's.
-  assert TWINS["residual"][1] == "quick"
-  assert TWINS["grid_levers_30/elastic"][1] == "grid_levers/elastic"
-
-
-def _variant_config(name: str) -> ml_collections.ConfigDict:
-  (cfg,) = [c for path in EXPERIMENTS for n, c in sweep.load_variants(path) if n == name]
-  return cfg
+  assert TWINS["residual"] == "quick" and TWINS["grid_levers_30/elastic"] == "grid_levers/elastic"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path, name", VARIANTS)
 def test_experiment_trains_on_tiny_data(path, name, data, tmp_path, request):
-  (cfg,) = [c for n, c in sweep.load_variants(path) if n == name]
+  cfg = CONFIGS[name][1]
   config.check(cfg)
   cfg = tiny(cfg)
   if cfg.pseudo.teacher:
