@@ -30,7 +30,7 @@ QUICK_OVERRIDES = ("num_epochs=2", "train.budget_minutes=0", "data.subset=2000")
 RESULT = "result.json"
 COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
            "best_epoch", "epochs", "wall_s", "minutes_to_target", "images_per_s", "resumed",
-           "run_dir")
+           "run_dir", "final_fit")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -130,7 +130,7 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
             "status": "ok", "best_val_accuracy": None, "test_accuracy": None,
             "best_epoch": None, "epochs": run.cfg.num_epochs, "wall_s": None,
             "minutes_to_target": None, "images_per_s": None, "resumed": resumed,
-            "run_dir": str(run.run_dir)}
+            "run_dir": str(run.run_dir), "final_fit": bool(run.cfg.train.final_fit)}
   start = time.time()
   try:
     summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir,
@@ -144,11 +144,13 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
     out, _ = predict.predict(run.run_dir, data_dir)
     answers = data_dir / ANSWERS_FILE
     records = metrics.read_metrics(run.run_dir)
+    # A final fit trains on its validation images: their accuracy measures nothing held out.
+    held_out = not summary["final_fit"]
     reached = metrics.time_to_accuracy(records, run.cfg.train.target_accuracy)
-    result.update(best_val_accuracy=summary["best_val_accuracy"],
+    result.update(best_val_accuracy=summary["best_val_accuracy"] if held_out else None,
                   best_epoch=summary["best_epoch"], epochs=summary["epochs"],
                   test_accuracy=predict.score(out, answers) if answers.is_file() else None,
-                  minutes_to_target=reached[1] if reached else None,
+                  minutes_to_target=reached[1] if reached and held_out else None,
                   images_per_s=float(np.mean([r["images_per_s"] for r in records])))
   # For a resumed run this is the time of the session that finished it (see `resumed`).
   result["wall_s"] = time.time() - start
@@ -199,6 +201,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
       # .get: result.json files written before minutes_to_target existed lack it.
       row[key] = _mean_std([r[key] for r in ok if r.get(key) is not None])
     row["reached"] = sum(r.get("minutes_to_target") is not None for r in ok)
+    row["final_fit"] = bool(ok) and all(r.get("final_fit") for r in ok)
     rows.append(row)
   return rows
 
@@ -213,7 +216,7 @@ def _fmt(stat: tuple[float, float] | None, digits: int, n: int) -> str:
 def _target_cell(row: dict[str, Any]) -> str:
   """Mean ± std minutes to the target, and how many seeds reached it when not all did."""
   if not row["reached"]:
-    return "not reached" if row["n"] else "–"
+    return "not reached" if row["n"] and not row["final_fit"] else "–"
   cell = _fmt(row["minutes_to_target"], 1, row["reached"])
   return cell if row["reached"] == row["n"] else f"{cell} ({row['reached']} of {row['n']})"
 
@@ -235,6 +238,9 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
   lines += ["", "Minutes to target: wall-clock minutes from the start of training until the "
             "validation accuracy first reached the config's train.target_accuracy (default "
             "0.995), over the seeds that reached it."]
+  if any(r.get("final_fit") for r in results):
+    lines += ["", "A final fit (train.final_fit) trains on its validation images too and keeps "
+              "its last epoch, so its validation accuracy and minutes to target are left out."]
   if any(r["resumed"] for r in results):
     lines += ["", "Some runs were resumed after an interruption; their wall time is that of the "
               "session that finished them."]

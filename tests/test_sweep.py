@@ -139,6 +139,25 @@ def test_grid_file_gives_one_row_per_variant(tmp_path, data_dir):
   assert "| grid/slow | 1 |" in md and "| grid/fast | 1 |" in md
 
 
+@pytest.mark.slow
+def test_a_final_fit_has_a_test_score_but_no_validation_figures(tmp_path, data_dir):
+  """Its validation images are among those it trained on: their accuracy would flatter it."""
+  grid = tmp_path / "grid.py"
+  grid.write_text('"""Tiny grid."""\n' + TINY + "\n\ndef get_grid():\n"
+                  "  fit = tiny(1e-3)\n  fit.schedule.name = 'onecycle'\n"
+                  "  fit.train.final_fit = True\n  fit.train.target_accuracy = 0.01\n"
+                  "  return [('held_out', tiny(1e-3)), ('fit', fit)]\n")
+  workdir = tmp_path / "sweep"
+  held_out, fit = sweep.sweep([grid], 1, workdir, data_dir)
+  assert held_out["final_fit"] is False and held_out["best_val_accuracy"] is not None
+  assert fit["final_fit"] is True and 0.0 <= fit["test_accuracy"] <= 1.0
+  assert (fit["best_val_accuracy"], fit["minutes_to_target"], fit["best_epoch"]) == (None, None, 1)
+  assert [r["final_fit"] for r in _rows(workdir)] == ["False", "True"]
+  md = (workdir / "results.md").read_text()
+  assert "| grid/fit | 1 | – |" in md and "| – | " in md.split("| grid/fit |")[1]
+  assert "its validation accuracy and minutes to target are left out" in md
+
+
 def test_plan_applies_quick_then_overrides_and_offsets_seeds(tmp_path):
   path = write_config(tmp_path, "a", 1e-3)
   runs = sweep.plan([path], 3, tmp_path / "w", ["seed=10", "data.subset=500"], quick=True)
