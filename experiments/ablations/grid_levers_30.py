@@ -13,7 +13,7 @@ import pathlib
 from dr_jax.config import load_config, load_module
 
 HERE = pathlib.Path(__file__).resolve().parent
-VARIANTS = ("baseline", "elastic", "no_dropout")
+VARIANTS = ("baseline", "elastic", "no_dropout", "ema")
 
 
 def get_grid():
