@@ -30,7 +30,7 @@ QUICK_OVERRIDES = ("num_epochs=2", "train.budget_minutes=0", "data.subset=2000")
 RESULT = "result.json"
 COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
            "best_epoch", "epochs", "wall_s", "minutes_to_target", "images_per_s", "resumed",
-           "run_dir", "final_fit")
+           "run_dir", "final_fit", "last_val_accuracy")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -130,7 +130,8 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
             "status": "ok", "best_val_accuracy": None, "test_accuracy": None,
             "best_epoch": None, "epochs": run.cfg.num_epochs, "wall_s": None,
             "minutes_to_target": None, "images_per_s": None, "resumed": resumed,
-            "run_dir": str(run.run_dir), "final_fit": bool(run.cfg.train.final_fit)}
+            "run_dir": str(run.run_dir), "final_fit": bool(run.cfg.train.final_fit),
+            "last_val_accuracy": None}
   start = time.time()
   try:
     summary = train.train_and_evaluate(run.cfg, run.run_dir, data_dir,
@@ -143,19 +144,32 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
   else:
     out, _ = predict.predict(run.run_dir, data_dir)
     answers = data_dir / ANSWERS_FILE
-    records = metrics.read_metrics(run.run_dir)
-    # A final fit trains on its validation images: their accuracy measures nothing held out.
-    held_out = not summary["final_fit"]
-    reached = metrics.time_to_accuracy(records, run.cfg.train.target_accuracy)
-    result.update(best_val_accuracy=summary["best_val_accuracy"] if held_out else None,
+    result.update(best_val_accuracy=summary["best_val_accuracy"],
                   best_epoch=summary["best_epoch"], epochs=summary["epochs"],
-                  test_accuracy=predict.score(out, answers) if answers.is_file() else None,
-                  minutes_to_target=reached[1] if reached and held_out else None,
-                  images_per_s=float(np.mean([r["images_per_s"] for r in records])))
+                  test_accuracy=predict.score(out, answers) if answers.is_file() else None)
+    result.update(record_figures(run))
   # For a resumed run this is the time of the session that finished it (see `resumed`).
   result["wall_s"] = time.time() - start
   atomic_write_text(run.run_dir / RESULT, json.dumps(result, indent=2) + "\n")
   return result
+
+
+def record_figures(run: Run) -> dict[str, Any]:
+  """A finished run's figures from its metrics.jsonl; none of validation for a final fit.
+
+  Best validation accuracy is a maximum over epochs, so it favours a noisier run; the last
+  epoch's is an estimate free of that choice. A final fit trains on its validation images, so
+  their accuracy measures nothing held out.
+  """
+  records = metrics.read_metrics(run.run_dir)
+  figures = {"final_fit": bool(run.cfg.train.final_fit),
+             "images_per_s": float(np.mean([r["images_per_s"] for r in records]))}
+  if run.cfg.train.final_fit:
+    return figures | {"best_val_accuracy": None, "last_val_accuracy": None,
+                      "minutes_to_target": None}
+  reached = metrics.time_to_accuracy(records, run.cfg.train.target_accuracy)
+  return figures | {"last_val_accuracy": metrics.val_accuracy(records[-1]),
+                    "minutes_to_target": reached[1] if reached else None}
 
 
 def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
@@ -172,7 +186,9 @@ def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
     done = run.run_dir / RESULT
     if done.is_file():
       metrics.log(f"{where}: finished earlier, skipped")
-      results.append(json.loads(done.read_text()))
+      result = json.loads(done.read_text())
+      # Recomputed, so a result.json written before a figure existed gets it too.
+      results.append(result | record_figures(run) if result["status"] == "ok" else result)
       continue
     metrics.log(f"{where}: training in {run.run_dir}")
     results.append(run_one(run, data_dir))
@@ -196,9 +212,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ok = [r for r in results if r["config"] == name and r["status"] == "ok"]
     row = {"config": name, "n": len(ok),
            "diverged": sum(r["config"] == name and r["status"] == "diverged" for r in results)}
-    for key in ("best_val_accuracy", "test_accuracy", "best_epoch", "wall_s", "minutes_to_target",
-                "images_per_s"):
-      # .get: result.json files written before minutes_to_target existed lack it.
+    for key in ("best_val_accuracy", "last_val_accuracy", "test_accuracy", "best_epoch",
+                "wall_s", "minutes_to_target", "images_per_s"):
+      # .get: a diverged run's result.json, or one written before a figure existed, lacks it.
       row[key] = _mean_std([r[key] for r in ok if r.get(key) is not None])
     row["reached"] = sum(r.get("minutes_to_target") is not None for r in ok)
     row["final_fit"] = bool(ok) and all(r.get("final_fit") for r in ok)
@@ -226,21 +242,26 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
   lines = ["# Sweep results", "",
            "Mean ± sample standard deviation over seeds (seed = the config's seed + i); one row "
            "per run in results.csv.", "",
-           "| config | seeds | best val accuracy | test accuracy | epochs to best | wall time (s) "
-           "| minutes to target | images/s |", "|---|---|---|---|---|---|---|---|"]
+           "| config | seeds | best val accuracy | last val accuracy | test accuracy "
+           "| epochs to best | wall time (s) | minutes to target | images/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for row in summarize(results):
     n = row["n"]
     seeds = f"{n} (+{row['diverged']} diverged)" if row["diverged"] else str(n)
     lines.append(f"| {row['config']} | {seeds} | {_fmt(row['best_val_accuracy'], 4, n)} | "
-                 f"{_fmt(row['test_accuracy'], 4, n)} | {_fmt(row['best_epoch'], 1, n)} | "
+                 f"{_fmt(row['last_val_accuracy'], 4, n)} | {_fmt(row['test_accuracy'], 4, n)} | "
+                 f"{_fmt(row['best_epoch'], 1, n)} | "
                  f"{_fmt(row['wall_s'], 0, n)} | {_target_cell(row)} | "
                  f"{_fmt(row['images_per_s'], 0, n)} |")
-  lines += ["", "Minutes to target: wall-clock minutes from the start of training until the "
+  lines += ["", "Best val accuracy: the highest of the run's epochs (its kept checkpoint's), "
+            "which favours a noisier run; last val accuracy: its last epoch's, which no "
+            "choice inflates.", "",
+            "Minutes to target: wall-clock minutes from the start of training until the "
             "validation accuracy first reached the config's train.target_accuracy (default "
             "0.995), over the seeds that reached it."]
   if any(r.get("final_fit") for r in results):
     lines += ["", "A final fit (train.final_fit) trains on its validation images too and keeps "
-              "its last epoch, so its validation accuracy and minutes to target are left out."]
+              "its last epoch, so its validation accuracies and minutes to target are left out."]
   if any(r["resumed"] for r in results):
     lines += ["", "Some runs were resumed after an interruption; their wall time is that of the "
               "session that finished them."]
@@ -264,16 +285,17 @@ def results_figsize(n_configs: int) -> tuple[float, float]:
 
 def plot_results(results: list[dict[str, Any]]) -> Figure:
   """Bars of mean ± std test accuracy per config (validation accuracy without test answers)."""
-  rows = [r for r in summarize(results) if r["n"]]
   ok = [r for r in results if r["status"] == "ok"]
   key = "test_accuracy" if ok and all(r["test_accuracy"] is not None for r in ok) \
       else "best_val_accuracy"
+  # A final fit has no validation accuracy: without test answers it has no bar.
+  rows = [r for r in summarize(results) if r["n"] and r[key] is not None]
   fig = Figure(figsize=results_figsize(len(rows)), dpi=report.DPI, layout="constrained")
   FigureCanvasAgg(fig)
   ax = fig.subplots()
   if not rows:
     ax.set_axis_off()
-    ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
+    ax.text(0.5, 0.5, "no held-out accuracy yet", ha="center", va="center")
     return fig
   means = np.array([r[key][0] for r in rows])
   stds = np.array([r[key][1] for r in rows])

@@ -68,6 +68,9 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
     assert 0.0 <= float(row["best_val_accuracy"]) <= 1.0
     assert float(row["images_per_s"]) > 0 and float(row["wall_s"]) > 0
     assert row["minutes_to_target"] == ""  # One tiny epoch: far from 0.995.
+    last = sweep.metrics.read_metrics(row["run_dir"])[-1]["val_accuracy"]
+    assert float(row["last_val_accuracy"]) == pytest.approx(last)
+    assert float(row["last_val_accuracy"]) <= float(row["best_val_accuracy"])
   for result in results:
     saved = json.loads((workdir / result["config"] / f"seed{result['seed_index']}"
                         / "result.json").read_text())
@@ -75,7 +78,7 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
     assert (workdir / result["config"] / f"seed{result['seed_index']}" / "submission.csv").is_file()
   table = [line for line in (workdir / "results.md").read_text().splitlines()
            if line.startswith(("| a |", "| b |"))]
-  assert len(table) == 2 and all(line.count("±") == 5 for line in table)
+  assert len(table) == 2 and all(line.count("±") == 6 for line in table)
   assert png_size(workdir / "results.png") == tuple(
       round(inches * sweep.report.DPI) for inches in sweep.results_figsize(2))
 
@@ -101,6 +104,10 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
   unfinished = workdir / "b" / "seed1"
   old = json.loads((unfinished / "result.json").read_text())
   (unfinished / "result.json").unlink()
+  # A result.json from before last_val_accuracy existed: the skipped run gets it from its records.
+  finished = workdir / "a" / "seed0" / "result.json"
+  before = json.loads(finished.read_text())
+  finished.write_text(json.dumps({k: v for k, v in before.items() if k != "last_val_accuracy"}))
   calls, original = [], train.train_and_evaluate
 
   def recording(cfg, run_dir, data_dir, pseudo_labels=None):
@@ -116,6 +123,7 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
   assert (new["best_val_accuracy"], new["best_epoch"]) == (old["best_val_accuracy"],
                                                             old["best_epoch"])
   assert len(_rows(workdir)) == len(results) == 4
+  assert results[0] == before
 
 
 @pytest.mark.slow
@@ -151,11 +159,12 @@ def test_a_final_fit_has_a_test_score_but_no_validation_figures(tmp_path, data_d
   held_out, fit = sweep.sweep([grid], 1, workdir, data_dir)
   assert held_out["final_fit"] is False and held_out["best_val_accuracy"] is not None
   assert fit["final_fit"] is True and 0.0 <= fit["test_accuracy"] <= 1.0
-  assert (fit["best_val_accuracy"], fit["minutes_to_target"], fit["best_epoch"]) == (None, None, 1)
+  assert (fit["best_val_accuracy"], fit["last_val_accuracy"], fit["minutes_to_target"],
+          fit["best_epoch"]) == (None, None, None, 1)
   assert [r["final_fit"] for r in _rows(workdir)] == ["False", "True"]
   md = (workdir / "results.md").read_text()
-  assert "| grid/fit | 1 | – |" in md and "| – | " in md.split("| grid/fit |")[1]
-  assert "its validation accuracy and minutes to target are left out" in md
+  assert "| grid/fit | 1 | – | – |" in md and "| – | " in md.split("| grid/fit |")[1]
+  assert "its validation accuracies and minutes to target are left out" in md
 
 
 def test_plan_applies_quick_then_overrides_and_offsets_seeds(tmp_path):
@@ -229,6 +238,19 @@ def test_summary_counts_diverged_runs_and_shows_no_spread_for_one_seed():
   assert "| a | 2 | 0.8500 ± 0.0707 | – |" in md
   assert "| b | 1 (+1 diverged) | 0.9000 | – |" in md
   assert "mean ± std over seeds" in sweep.plot_results(results).axes[0].get_xlabel()
+
+
+def test_without_test_answers_a_final_fit_has_no_bar():
+  ok = {"status": "ok", "test_accuracy": None, "best_epoch": 3, "wall_s": 10.0,
+        "images_per_s": 100.0, "resumed": False}
+  held_out = dict(ok, config="held_out", best_val_accuracy=0.99, last_val_accuracy=0.98)
+  fit = dict(ok, config="fit", final_fit=True, best_val_accuracy=None, last_val_accuracy=None)
+  (ax,) = sweep.plot_results([held_out, fit]).axes
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["held_out"]
+  assert ax.get_xlabel().startswith("best validation accuracy")
+  (ax,) = sweep.plot_results([fit]).axes
+  assert [t.get_text() for t in ax.texts] == ["no held-out accuracy yet"]
+  assert "| fit | 1 | – | – | – | 3.0 | 10 | – | 100 |" in sweep.results_markdown([fit])
 
 
 def test_a_budgeted_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path):
