@@ -175,6 +175,6 @@ def run(config: PathLike | ml_collections.ConfigDict = "default",
   answers = data / ANSWERS_FILE
   return {"submission": submission, "checkpoint": workdir / "checkpoints" / "best",
           "best_epoch": summary["best_epoch"],
-          "best_val_accuracy": summary["best_val_accuracy"],
+          "best_val_accuracy": summary["best_val_accuracy"], "final_fit": summary["final_fit"],
           "minutes": (time.time() - start) / 60,
           "accuracy": score(submission, answers) if answers.is_file() else None}

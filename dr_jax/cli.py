@@ -213,8 +213,10 @@ def _run_all(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) ->
 
   result = api.run(cfg, args.workdir, args.data_dir)
   print(f"submission:  {result['submission']}")
-  print(f"checkpoint:  {result['checkpoint']} (epoch {result['best_epoch']}, "
-        f"val accuracy {result['best_val_accuracy']:.4f})")
+  # A final fit trained on its validation images: their accuracy would say nothing.
+  kept = ("the last epoch of a final fit, no held-out validation" if result["final_fit"]
+          else f"val accuracy {result['best_val_accuracy']:.4f}")
+  print(f"checkpoint:  {result['checkpoint']} (epoch {result['best_epoch']}, {kept})")
   print(f"tensorboard: tensorboard --logdir {args.workdir / 'tensorboard'}")
   print(f"time:        {result['minutes']:.1f} min")
   if result["accuracy"] is not None:

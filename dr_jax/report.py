@@ -290,7 +290,8 @@ def make_report(workdir: pathlib.Path, data_dir: pathlib.Path,
   test_accuracy = _test_accuracy(workdir, data_dir)
   index = out / "index.md"
   atomic_write_text(index, _index_text(workdir, records, predictor, counts, test_accuracy, paths,
-                                       " (member 0)" if own_split else "", target))
+                                       " (member 0)" if own_split else "", target,
+                                       bool(cfg.train.get("final_fit", False))))
   return index
 
 
@@ -302,7 +303,8 @@ def _reached_text(records: list[dict], target: float) -> str:
 
 def _index_text(workdir: pathlib.Path, records: list[dict], predictor: evaluate.Predictor,
                 counts: np.ndarray, test_accuracy: float | None,
-                paths: dict[str, pathlib.Path], by: str, target: float) -> str:
+                paths: dict[str, pathlib.Path], by: str, target: float,
+                final_fit: bool) -> str:
   """The markdown page: a short results table, then every figure by relative link."""
   n, errors = int(counts.sum()), int(counts.sum() - np.trace(counts))
   test = f"{test_accuracy:.4f}" if test_accuracy is not None else \
@@ -317,6 +319,10 @@ def _index_text(workdir: pathlib.Path, records: list[dict], predictor: evaluate.
            f"| test accuracy | {test} |", ""]
   if predictor.members > 1:
     lines.insert(4, f"| ensemble members | {predictor.members} |")
+  if final_fit:
+    lines += ["A final fit (train.final_fit): it trained on the validation images too and kept "
+              "its last epoch, so the validation figures here are not held out; only the test "
+              "accuracy is.", ""]
   captions = {"learning_curves": "Learning curves", "time_to_accuracy": "Time to accuracy",
               "confusion_matrix": "Confusion matrix (validation)",
               "worst_errors": "Most confident errors (validation)",

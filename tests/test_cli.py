@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import call_main, cli_isolation, record_predictor_calls, write_family_dir
-from dr_jax import augment, build, cli, config, evaluate, predict, provenance
+from dr_jax import api, augment, build, cli, config, evaluate, predict, provenance
 from dr_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -984,6 +984,18 @@ def test_version_and_help_state_defaults(cli_main, capsys):
   with pytest.raises(SystemExit):
     cli.main(["bench", "--help"])
   assert "(default: 40)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_run_says_a_final_fit_has_no_held_out_validation(monkeypatch, capsys, tmp_path):
+  """A final fit's best_val_accuracy is on images it trained on: `run` does not print it."""
+  result = {"submission": tmp_path / "submission.csv", "checkpoint": tmp_path / "best",
+            "best_epoch": 30, "best_val_accuracy": 0.9995, "minutes": 1.0, "accuracy": None}
+  for final_fit, says in ((False, "(epoch 30, val accuracy 0.9995)"),
+                          (True, "(epoch 30, the last epoch of a final fit, no held-out "
+                                 "validation)")):
+    monkeypatch.setattr(api, "run", lambda *args, fit=final_fit: result | {"final_fit": fit})
+    assert cli.main(["run", "--config", "final_fit", "--workdir", str(tmp_path)]) == 0
+    assert f"checkpoint:  {tmp_path / 'best'} {says}\n" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -150,6 +150,15 @@ def test_index_names_the_best_epoch_not_the_last(tmp_path, data_dir, monkeypatch
   assert test == f"{hand:.4f}"
 
 
+def test_a_final_fits_index_says_its_validation_is_not_held_out(reported, tmp_path, data_dir):
+  assert "final fit" not in reported[1].read_text()
+  train.train_and_evaluate(_cfg(**{"train.final_fit": True, "schedule.name": "onecycle"}),
+                           tmp_path, data_dir)
+  text = report.make_report(tmp_path, data_dir, digit=7).read_text()
+  assert "the validation figures here are not held out" in text
+  assert re.search(r"^\| best epoch \| 2 of 2 \|$", text, re.M)  # The last, whatever its score.
+
+
 def test_tensorboard_gets_the_confusion_matrix_and_worst_errors_under_stable_tags(reported):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
