@@ -6,7 +6,9 @@ docs/results.md). So this run trains on the 4,200 validation images too and keep
 (train.final_fit); its validation figures are on images it trained on and choose nothing, and
 `dr-jax validate` refuses it. 11% more images per epoch, so about 11% longer than default.py.
 Command: dr-jax run --config experiments/final_fit.py
-Measured: not yet; its test score against default.py's is the open question.
+Measured (CPU-2s, docs/results.md "Final fit"): local test accuracy 0.99564 and 0.99557 (seeds 0
+and 1; 122 and 124 wrong) against default.py's 0.99575 and 0.99571: no gain beyond seed noise,
+in 23 min on a CPU where default.py takes about as long.
 """
 
 from dr_jax.config import load_config
