@@ -125,7 +125,7 @@ def test_the_variants_cover_every_other_file_and_each_grid_row():
   # grid's rows other than the baseline are the 6-epoch grid's.
   assert TWINS["residual"] == "quick"
   assert all(TWINS[f"grid_levers_30/{lever}"] == f"grid_levers/{lever}"
-             for lever in ("elastic", "no_dropout", "ema"))
+             for lever in ("elastic", "no_dropout", "ema", "label_smoothing"))
 
 
 @pytest.mark.slow
