@@ -128,6 +128,18 @@ def test_the_variants_cover_every_other_file_and_each_grid_row():
              for lever in ("elastic", "no_dropout", "ema", "label_smoothing"))
 
 
+def test_configs_keep_the_label_smoothing_their_figures_were_measured_with():
+  """default.py trains with label smoothing; the configs that load it and whose figures were
+  measured without it (and the lever grids' baselines) set it to 0, so a change to default.py
+  does not change what they measured. The 30-epoch grid's smoothing row is default.py."""
+  assert config.load_config(DEFAULT).train.label_smoothing == 0.1
+  for name in ("residual", "quick", "ensemble_cpu", "ensemble_cpu_pseudo", "final_fit",
+               "grid_quick/strided", "grid_levers/baseline", "grid_levers_30/baseline"):
+    assert CONFIGS[name][1].train.label_smoothing == 0.0, name
+  assert CONFIGS["grid_levers_30/label_smoothing"][1].to_json() == \
+      config.load_config(DEFAULT).to_json()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path, name", VARIANTS)
 def test_experiment_trains_on_tiny_data(path, name, data, tmp_path, request):
