@@ -27,25 +27,28 @@ def _label_smoothing_02(c):
   c.train.label_smoothing = 0.2
 
 
-def _label_smoothing_no_dropout(c):
-  c.train.label_smoothing = 0.1
-  c.model.kwargs.dropout = 0.0
-
-
-def _label_smoothing_elastic_mild(c):
-  c.train.label_smoothing = 0.1
+def _elastic_mild(c):
   c.augment.elastic_alpha, c.augment.elastic_sigma = 24.0, 6.0
 
 
+def _stacked(*changes):
+  """One row that makes each change in turn."""
+  def change(c):
+    for f in changes:
+      f(c)
+  return change
+
+
 def get_grid():
-  own = {"label_smoothing_0.2": _label_smoothing_02,
-         "label_smoothing_no_dropout": _label_smoothing_no_dropout,
-         "label_smoothing_elastic_mild": _label_smoothing_elastic_mild}
-  levers = load_module(HERE / "grid_levers.py").LEVERS | own
+  levers = load_module(HERE / "grid_levers.py").LEVERS
+  smoothing = levers["label_smoothing"]
+  levers = levers | {"label_smoothing_0.2": _label_smoothing_02,
+                     "label_smoothing_no_dropout": _stacked(smoothing, levers["no_dropout"]),
+                     "label_smoothing_elastic_mild": _stacked(smoothing, _elastic_mild)}
   grid = []
   for name in VARIANTS:
     c = load_config(HERE.parent / "default.py")
-    c.train.label_smoothing = 0.0  # The base the rows were measured on; one row adds it back.
+    c.train.label_smoothing = 0.0  # The rows' base; the smoothing rows add it back.
     levers[name](c)
     grid.append((name, c))
   return grid
