@@ -122,7 +122,7 @@ def test_the_variants_cover_every_other_file_and_each_grid_row():
       f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant", "cosine",
                                             "exponential")]
   # Twins as the shipped files are now: quick.py is residual.py with a budget, and the 30-epoch
-  # grid's rows other than the baseline are the 6-epoch grid's.
+  # grid's one-lever rows are the 6-epoch grid's (its own rows are not twins of any).
   assert TWINS["residual"] == "quick"
   assert all(TWINS[f"grid_levers_30/{lever}"] == f"grid_levers/{lever}"
              for lever in ("elastic", "no_dropout", "ema", "label_smoothing"))
