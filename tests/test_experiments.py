@@ -121,9 +121,10 @@ def test_the_variants_cover_every_other_file_and_each_grid_row():
   assert [n for n in CONFIGS if n.startswith("grid_schedules/")] == [
       f"grid_schedules/{name}" for name in ("onecycle", "plateau", "constant", "cosine",
                                             "exponential")]
-  # Twins as the shipped files are now: quick.py is residual.py with a budget, and the 30-epoch
-  # grid's one-lever rows are the 6-epoch grid's (its own rows are not twins of any).
+  # Twins as the shipped files are now: quick.py is residual.py with a budget, budget15.py the
+  # 30-epoch grid's residual row with one, and that grid's one-lever rows are the 6-epoch grid's.
   assert TWINS["residual"] == "quick"
+  assert TWINS["grid_levers_30/label_smoothing_residual"] == "budget15"
   assert all(TWINS[f"grid_levers_30/{lever}"] == f"grid_levers/{lever}"
              for lever in ("elastic", "no_dropout", "ema", "label_smoothing"))
 
