@@ -145,6 +145,10 @@ def _validate(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) -
     print(f"validation errors of each run's best checkpoint and of their blend on the "
           f"{validation.n_val} validation images they share:", file=sys.stderr)
   print(validation.table())
+  if len(args.workdir) > 1:
+    print("each run against the first on the same images (a run's members blended); p: exact "
+          "two-sided sign test that both are equally accurate:", file=sys.stderr)
+    print(validation.paired_table())
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Sequence
 
@@ -131,6 +132,8 @@ class Validation:
   n_val: int  # Images in each member's validation split.
   columns: tuple[str, ...] = ()  # The members' headings; () = member 0, member 1, ...
   ensemble_name: str = "ensemble"
+  runs: tuple[str, ...] = ()  # A blend's runs, in order.
+  run_wrong: np.ndarray | None = None  # (len(ttas), len(runs), n_val): each run's misses.
 
   def table(self) -> str:
     """A Markdown table: one row per TTA count."""
@@ -148,6 +151,27 @@ class Validation:
                    f"({int(self.ensemble_errors[i])} wrong)")
       lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+  def paired_table(self) -> str:
+    """A Markdown table: each later run against the first, on the same images, per TTA count."""
+    assert self.run_wrong is not None, "paired_table needs a blend's runs"
+    head = ["tta", "run", "wrong in the first only", "wrong in this run only", "wrong in both",
+            "sign test p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, tta in enumerate(self.ttas):
+      first = self.run_wrong[i, 0]
+      for run, wrong in zip(self.runs[1:], self.run_wrong[i, 1:]):
+        only_first, only_this = int((first & ~wrong).sum()), int((wrong & ~first).sum())
+        lines.append(f"| {tta} | {run} | {only_first} | {only_this} | "
+                     f"{int((first & wrong).sum())} | {sign_test_p(only_first, only_this):.3f} |")
+    return "\n".join(lines)
+
+
+def sign_test_p(only_a: int, only_b: int) -> float:
+  """Two-sided exact sign (McNemar) test: the chance of a split at least this uneven of the images
+  one of two classifiers gets wrong and the other right, were both equally accurate."""
+  n, k = only_a + only_b, min(only_a, only_b)
+  return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
@@ -199,6 +223,7 @@ def validate_blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path,
   columns: list[str] = []
   errors: list[np.ndarray] = []  # One (len(ttas),) column per member.
   total: list[np.ndarray | float] = [0.0] * len(ttas)  # Summed member probabilities per TTA.
+  run_wrong: list[np.ndarray] = []  # One (len(ttas), n_val) mask per run: its members blended.
   for workdir in workdirs:
     predictor = evaluate.load_predictor(workdir)
     cfg, split = _validated_split(workdir, data_dir)
@@ -212,19 +237,22 @@ def validate_blend(workdirs: Sequence[pathlib.Path], data_dir: pathlib.Path,
       raise UserError(f"{workdir}: its validation images are not those of {first[0]}; "
                       "validate a blend of runs with the same seed, data.val_fraction, "
                       "data.subset and labels")
+    run_total: list[np.ndarray | float] = [0.0] * len(ttas)
     for m in range(predictor.members):
       member, column = predictor.member(m), np.zeros(len(ttas), np.int64)
       for i, tta in enumerate(ttas):
         probs = member.probabilities(split.val.images, tta=tta)
         column[i] = (probs.argmax(-1) != split.val.labels).sum()
-        total[i] = total[i] + probs
+        run_total[i] = run_total[i] + probs
       errors.append(column)
       columns.append(f"{workdir}" + (f" member {m}" if predictor.members > 1 else ""))
+    total = [t + r for t, r in zip(total, run_total)]
+    run_wrong.append(np.stack([np.asarray(r).argmax(-1) != split.val.labels for r in run_total]))
   assert first is not None, "validate_blend needs at least one run"
   labels = first[1].labels[first[1].val_idx[0]]
   blended = np.array([(np.asarray(t).argmax(-1) != labels).sum() for t in total], np.int64)
   return Validation(tuple(ttas), np.stack(errors, axis=1), blended, len(labels), tuple(columns),
-                    "blend")
+                    "blend", tuple(str(w) for w in workdirs), np.stack(run_wrong, axis=1))
 
 
 def read_labels(path: pathlib.Path, role: str,

@@ -229,12 +229,16 @@ def test_validate_with_two_workdirs_validates_their_blend(cli_main, trained, dat
                            "--data-dir", data, "--tta", "1")
   assert code == 0, err
   assert "validation errors of each run's best checkpoint and of their blend" in err
-  header, _, row = out.strip().splitlines()
+  assert "each run against the first on the same images" in err
+  header, _, row, paired_header, _, paired = out.strip().splitlines()
   assert header == (f"| tta | {trained[0]} | {trained[0]} | member mean accuracy | "
                     "blend accuracy |")
   cells = row.strip("| ").split(" | ")
-  # A run blended with itself predicts what it predicts alone.
+  # A run blended with itself predicts what it predicts alone, and misses the same images.
   assert cells[1] == cells[2] and cells[4] == f"{cells[3]} ({cells[1]} wrong)", row
+  assert paired_header == ("| tta | run | wrong in the first only | wrong in this run only | "
+                           "wrong in both | sign test p |")
+  assert paired == f"| 1 | {trained[0]} | 0 | 0 | {cells[1]} | 1.000 |"
 
 def test_summary_prints_parameter_count(cli_main):
   code, out, err = cli_main("summary", "--config", TINY)
@@ -471,11 +475,12 @@ def test_validate_blends_a_one_member_run_with_its_own_split(cli_main, trained, 
   code, out, err = cli_main("validate", "--workdir", trained[0], "--workdir", workdir_copy,
                            "--data-dir", data, "--tta", "1")
   assert code == 0, err
-  header, _, row = out.strip().splitlines()
+  header, _, row, _, _, paired = out.strip().splitlines()
   assert header == (f"| tta | {trained[0]} | {workdir_copy} | member mean accuracy | "
                     "blend accuracy |")
   cells = row.strip("| ").split(" | ")
   assert cells[1] == cells[2], row  # The same checkpoint on the same images.
+  assert paired == f"| 1 | {workdir_copy} | 0 | 0 | {cells[1]} | 1.000 |"
 
 
 def test_validate_and_report_reject_another_train_csv(cli_main, trained, kaggle_dir):

@@ -9,6 +9,8 @@ import ml_collections
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
+from hypothesis import given, strategies as st
 
 from dr_jax import augment, build, config, data, evaluate, optim, predict, steps, train
 from dr_jax.errors import UserError
@@ -298,6 +300,18 @@ def test_a_blend_of_two_architectures_is_validated_on_the_split_they_share(tmp_p
   head = result.table().splitlines()[0]
   assert head == (f"| tta | {tmp_path / 'classic'} | {tmp_path / 'residual'} member 0 | "
                   f"{tmp_path / 'residual'} member 1 | member mean accuracy | blend accuracy |")
+  # The paired comparison: the residual run (its two members blended) against the classic one.
+  paired = result.paired_table().splitlines()
+  assert len(paired) == 2 + 2 and result.runs == (str(tmp_path / "classic"),
+                                                  str(tmp_path / "residual"))
+  for i, tta in enumerate((1, 3)):
+    a = evaluate.load_predictor(tmp_path / "classic").probabilities(val.images, tta=tta)
+    b = evaluate.load_predictor(tmp_path / "residual").probabilities(val.images, tta=tta)
+    wrong_a, wrong_b = a.argmax(-1) != val.labels, b.argmax(-1) != val.labels
+    only_a, only_b = int((wrong_a & ~wrong_b).sum()), int((wrong_b & ~wrong_a).sum())
+    assert paired[2 + i] == (f"| {tta} | {tmp_path / 'residual'} | {only_a} | {only_b} | "
+                             f"{int((wrong_a & wrong_b).sum())} | "
+                             f"{predict.sign_test_p(only_a, only_b):.3f} |")
   with pytest.raises(UserError) as info:
     predict.validate_blend([tmp_path / "classic", tmp_path / "other_split"], data_dir, (1,))
   assert str(info.value) == (
@@ -317,6 +331,23 @@ def test_a_blend_of_two_architectures_is_validated_on_the_split_they_share(tmp_p
     assert str(info.value) == (
         f"{tmp_path / 'final_fit'}: a final fit (train.final_fit) trained on its validation "
         "images, so they validate nothing; validate the run its recipe was chosen on")
+
+def test_sign_test_golden_values():
+  assert predict.sign_test_p(0, 0) == predict.sign_test_p(4, 4) == 1.0
+  assert predict.sign_test_p(0, 5) == 2 / 32
+  assert predict.sign_test_p(9, 1) == 2 * (1 + 10) / 1024
+  assert predict.sign_test_p(3, 10) == pytest.approx(2 * 378 / 8192)  # 1 + 13 + 78 + 286.
+
+
+@given(st.integers(0, 60), st.integers(0, 60))
+def test_sign_test_is_symmetric_and_matches_scipys_binomial_test(a, b):
+  p = predict.sign_test_p(a, b)
+  assert p == predict.sign_test_p(b, a) and 0 < p <= 1
+  if a + b:
+    assert p == pytest.approx(scipy.stats.binomtest(a, a + b, 0.5).pvalue, rel=1e-9)
+  if a < b:  # One more image moved from the larger side to the smaller: less evidence.
+    assert predict.sign_test_p(a + 1, b - 1) >= p
+
 
 def test_validate_rejects_a_bad_tta_before_any_work(tmp_path):
   with pytest.raises(UserError, match="--tta 12"):
