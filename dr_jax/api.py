@@ -136,12 +136,26 @@ def score(submission: PathLike, answers: PathLike | None = None,
           data_dir: PathLike | None = None) -> float:
   """Accuracy of a submission against an answers file (default DATA_DIR/test_answers.csv)."""
   from dr_jax import predict as predict_lib
+
+  return predict_lib.score(pathlib.Path(submission), _answers(answers, data_dir))
+
+
+def compare(submissions: Sequence[PathLike], answers: PathLike | None = None,
+            data_dir: PathLike | None = None) -> str:
+  """Markdown tables: each submission's accuracy, then each later one against the first on the
+  same answers (`score`'s answers file)."""
+  from dr_jax import predict as predict_lib
+
+  return predict_lib.compare([pathlib.Path(s) for s in submissions], _answers(answers, data_dir))
+
+
+def _answers(answers: PathLike | None, data_dir: PathLike | None) -> pathlib.Path:
+  """The answers file given, else DATA_DIR/test_answers.csv."""
   from dr_jax.fetch import ANSWERS_FILE
 
-  if answers is None:
-    answers = (pathlib.Path(data_dir) if data_dir is not None else default_data_dir()) / \
-        ANSWERS_FILE
-  return predict_lib.score(pathlib.Path(submission), pathlib.Path(answers))
+  if answers is not None:
+    return pathlib.Path(answers)
+  return (pathlib.Path(data_dir) if data_dir is not None else default_data_dir()) / ANSWERS_FILE
 
 
 def report(workdir: PathLike, data_dir: PathLike | None = None,

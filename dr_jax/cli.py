@@ -152,7 +152,9 @@ def _validate(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) -
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
-  p.add_argument("submission", type=pathlib.Path, help="an ImageId,Label CSV")
+  p.add_argument("submission", type=pathlib.Path, nargs="+",
+                 help="an ImageId,Label CSV; several: their accuracies, then each against the "
+                      "first on the same answers (a sign test)")
   p.add_argument("--answers", type=pathlib.Path, metavar="FILE",
                  help="default: DATA_DIR/test_answers.csv (written by `fetch` from embedded data)")
   _add_data_dir(p)
@@ -161,7 +163,10 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 def _score(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) -> None:
   from dr_jax import api
 
-  print(f"accuracy: {api.score(args.submission, args.answers, args.data_dir):.5f}")
+  if len(args.submission) == 1:
+    print(f"accuracy: {api.score(args.submission[0], args.answers, args.data_dir):.5f}")
+  else:
+    print(api.compare(args.submission, args.answers, args.data_dir))
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:

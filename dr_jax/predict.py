@@ -142,29 +142,42 @@ class Validation:
             "member mean accuracy"]
     if self.ensemble_errors is not None:
       head.append(f"{self.ensemble_name} accuracy")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for i, tta in enumerate(self.ttas):
       errors = self.member_errors[i]
       row = [str(tta), *(str(int(e)) for e in errors), f"{1 - errors.mean() / self.n_val:.5f}"]
       if self.ensemble_errors is not None:
         row.append(f"{1 - self.ensemble_errors[i] / self.n_val:.5f} "
                    f"({int(self.ensemble_errors[i])} wrong)")
-      lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+      rows.append(row)
+    return markdown_table(head, rows)
 
   def paired_table(self) -> str:
     """A Markdown table: each later run against the first, on the same images, per TTA count."""
     assert self.run_wrong is not None, "paired_table needs a blend's runs"
-    head = ["tta", "run", "wrong in the first only", "wrong in this run only", "wrong in both",
-            "sign test p"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, tta in enumerate(self.ttas):
-      first = self.run_wrong[i, 0]
-      for run, wrong in zip(self.runs[1:], self.run_wrong[i, 1:]):
-        only_first, only_this = int((first & ~wrong).sum()), int((wrong & ~first).sum())
-        lines.append(f"| {tta} | {run} | {only_first} | {only_this} | "
-                     f"{int((first & wrong).sum())} | {sign_test_p(only_first, only_this):.3f} |")
-    return "\n".join(lines)
+    return markdown_table(["tta", "run", *PAIRED_HEAD],
+                          [[str(tta), *row] for i, tta in enumerate(self.ttas)
+                           for row in paired_rows(self.runs, self.run_wrong[i])])
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A Markdown table of text cells."""
+  return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                    *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+PAIRED_HEAD = ("wrong in the first only", "wrong in this one only", "wrong in both", "sign test p")
+
+
+def paired_rows(names: Sequence[str], wrong: np.ndarray) -> list[list[str]]:
+  """Each later name against the first (`PAIRED_HEAD`'s cells after the name); `wrong` is a
+  (len(names), images) mask of each one's errors on the same images."""
+  rows = []
+  for name, mask in zip(names[1:], wrong[1:]):
+    only_first, only_this = int((wrong[0] & ~mask).sum()), int((mask & ~wrong[0]).sum())
+    rows.append([name, str(only_first), str(only_this), str(int((wrong[0] & mask).sum())),
+                 f"{sign_test_p(only_first, only_this):.3f}"])
+  return rows
 
 
 def sign_test_p(only_a: int, only_b: int) -> float:
@@ -297,6 +310,22 @@ def read_labels(path: pathlib.Path, role: str,
 def score(submission: pathlib.Path, answers: pathlib.Path) -> float:
   """Accuracy of a submission against an answers file with the same header, like Kaggle's
   leaderboard."""
+  return float(correct(submission, answers).mean())
+
+
+def compare(submissions: Sequence[pathlib.Path], answers: pathlib.Path) -> str:
+  """Markdown tables: each submission's accuracy, then each later one against the first on the
+  same answers."""
+  right = np.stack([correct(s, answers) for s in submissions])
+  names = [str(s) for s in submissions]
+  scores = markdown_table(["submission", "accuracy", "wrong"],
+                          [[name, f"{r.mean():.5f}", str(int((~r).sum()))]
+                           for name, r in zip(names, right)])
+  return scores + "\n\n" + markdown_table(["submission", *PAIRED_HEAD], paired_rows(names, ~right))
+
+
+def correct(submission: pathlib.Path, answers: pathlib.Path) -> np.ndarray:
+  """Which answers a submission gets right, in the answers file's order (its header checked)."""
   predicted = read_labels(submission, "submission")
   truth = read_labels(answers, "answers")
   header = (str(truth.index.name), str(truth.name))
@@ -314,4 +343,4 @@ def score(submission: pathlib.Path, answers: pathlib.Path) -> float:
       parts.append(f"{len(extra)} unknown {id_column}(s) (first {int(extra[0])})")
     raise UserError(f"{submission}: {'; '.join(parts)}; a submission needs exactly one row for "
                     f"each of the {len(truth)} {id_column}s in {answers}")
-  return float((predicted.loc[truth.index].to_numpy() == truth.to_numpy()).mean())
+  return predicted.loc[truth.index].to_numpy() == truth.to_numpy()

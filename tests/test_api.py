@@ -115,6 +115,9 @@ def test_predict_score_validate_and_report_follow_the_runs_data(trained, tmp_pat
   assert f"using the data {workdir} was trained on: {data}" in capsys.readouterr().err
   accuracy = api.score(submission.path, data_dir=data)
   assert accuracy == api.score(submission.path, answers=data / "test_answers.csv")
+  wrong = round((1 - accuracy) * len(pd.read_csv(data / "test_answers.csv")))
+  assert f"| {submission.path} | {accuracy:.5f} | {wrong} |" in api.compare(
+      [submission.path, submission.path], data_dir=data)
   validation = api.validate(workdir, tta=(1,))
   # Best epoch = the only epoch: validation errors are what training measured.
   assert 1 - validation.member_errors[0, 0] / validation.n_val == pytest.approx(

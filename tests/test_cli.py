@@ -177,6 +177,25 @@ def test_score_with_default_and_explicit_answers(cli_main, predicted, data):
     assert float(last.split()[-1]) > 0.5
 
 
+def test_score_of_two_submissions_prints_both_and_pairs_them(cli_main, predicted, data, tmp_path):
+  path, _ = predicted
+  flipped = tmp_path / "flipped.csv"  # The first row's label changed: one image more or less.
+  rows = path.read_text().splitlines()
+  image_id, label = rows[1].split(",")
+  flipped.write_text("\n".join([rows[0], f"{image_id},{(int(label) + 1) % 10}", *rows[2:]]) + "\n")
+  code, out, err = cli_main("score", path, flipped, "--data-dir", data)
+  assert code == 0, err
+  lines = out.strip().splitlines()
+  assert lines[0] == "| submission | accuracy | wrong |" and len(lines) == 8, out
+  first_wrong, flipped_wrong = (int(line.split(" | ")[-1].rstrip(" |")) for line in lines[2:4])
+  assert abs(first_wrong - flipped_wrong) == 1
+  only = (0, 1) if flipped_wrong > first_wrong else (1, 0)
+  assert lines[7] == (f"| {flipped} | {only[0]} | {only[1]} | {min(first_wrong, flipped_wrong)} "
+                      "| 1.000 |")
+  line = assert_user_error(cli_main("score", path, tmp_path / "none.csv", "--data-dir", data))
+  assert str(tmp_path / "none.csv") in line and "not found" in line
+
+
 def test_predict_writes_the_sample_submissions_header_and_ids(cli_main, trained, predicted,
                                                                data, tmp_path):
   """A sample_submission.csv beside test.csv gives the header and, test.csv having no id
@@ -236,7 +255,7 @@ def test_validate_with_two_workdirs_validates_their_blend(cli_main, trained, dat
   cells = row.strip("| ").split(" | ")
   # A run blended with itself predicts what it predicts alone, and misses the same images.
   assert cells[1] == cells[2] and cells[4] == f"{cells[3]} ({cells[1]} wrong)", row
-  assert paired_header == ("| tta | run | wrong in the first only | wrong in this run only | "
+  assert paired_header == ("| tta | run | wrong in the first only | wrong in this one only | "
                            "wrong in both | sign test p |")
   assert paired == f"| 1 | {trained[0]} | 0 | 0 | {cells[1]} | 1.000 |"
 

@@ -121,6 +121,20 @@ def test_score_matches_by_image_id_not_row_order(tmp_path):
   assert predict.score(sub, answers) == 0.75
 
 
+def test_compare_scores_each_submission_then_pairs_each_with_the_first(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5), (4, 6), (5, 7)])
+  a = _write(tmp_path / "a.csv", [(1, 0), (2, 0), (3, 5), (4, 6), (5, 7)])  # Misses 1, 2.
+  b = _write(tmp_path / "b.csv", [(5, 7), (4, 6), (3, 0), (2, 0), (1, 3)])  # Misses 2, 3.
+  assert predict.compare([a, b, a], answers) == "\n".join([
+      "| submission | accuracy | wrong |", "|---|---|---|",
+      f"| {a} | 0.60000 | 2 |", f"| {b} | 0.60000 | 2 |", f"| {a} | 0.60000 | 2 |", "",
+      "| submission | wrong in the first only | wrong in this one only | wrong in both | "
+      "sign test p |", "|---|---|---|---|---|",
+      f"| {b} | 1 | 1 | 1 | 1.000 |", f"| {a} | 0 | 0 | 2 | 1.000 |"])
+  with pytest.raises(UserError, match="missing"):
+    predict.compare([a, _write(tmp_path / "short.csv", [(1, 3)])], answers)
+
+
 @pytest.mark.parametrize("rows,fragment", [
     ([(1, 3), (2, 4)], "missing"), ([(1, 3), (2, 4), (3, 5), (9, 1)], "unknown"),
     ([(1, 3), (1, 3), (2, 4), (3, 5)], "more than once")])
