@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import pathlib
 from typing import Sequence
@@ -213,6 +214,20 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
       wrong = predictor.probabilities(split.val.images, tta=tta).argmax(-1) != split.val.labels
       ensemble_errors[i] = wrong.sum()
   return Validation(tuple(ttas), member_errors, ensemble_errors, split.val_idx.shape[1])
+
+
+def validation_misses(workdir: pathlib.Path, data_dir: pathlib.Path) -> tuple[str, list[int]]:
+  """A key naming a run's validation rows (equal for every run validated on the same rows of the
+  same digits) and the rows its best checkpoint gets wrong, members blended, one view."""
+  predictor = evaluate.load_predictor(workdir)
+  cfg, split = _validated_split(workdir, data_dir)
+  if predictor.members > 1 and cfg.ensemble.own_split:
+    raise UserError(f"{workdir}: each member has its own validation split "
+                    "(ensemble.own_split); the run as a whole has no held-out rows")
+  rows = split.val_idx[0]
+  wrong = predictor.probabilities(split.val.images, tta=1).argmax(-1) != split.val.labels
+  key = hashlib.sha256(split.digest.encode() + np.sort(rows).astype(np.int64).tobytes())
+  return key.hexdigest()[:16], sorted(int(r) for r in rows[wrong])
 
 
 def _validated_split(workdir: pathlib.Path,

@@ -148,6 +148,7 @@ def run_one(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
                   best_epoch=summary["best_epoch"], epochs=summary["epochs"],
                   test_accuracy=predict.score(out, answers) if answers.is_file() else None)
     result.update(record_figures(run))
+    result.update(validation_figures(run, data_dir))
   # For a resumed run this is the time of the session that finished it (see `resumed`).
   result["wall_s"] = time.time() - start
   atomic_write_text(run.run_dir / RESULT, json.dumps(result, indent=2) + "\n")
@@ -172,6 +173,15 @@ def record_figures(run: Run) -> dict[str, Any]:
                     "minutes_to_target": reached[1] if reached else None}
 
 
+def validation_figures(run: Run, data_dir: pathlib.Path) -> dict[str, Any]:
+  """The key of a run's validation rows and the rows its best checkpoint misses, for pairing
+  configs image by image; none for a final fit or for members on their own splits."""
+  if run.cfg.train.final_fit or (run.cfg.ensemble.size > 1 and run.cfg.ensemble.own_split):
+    return {"val_split": None, "val_wrong": None}
+  key, wrong = predict.validation_misses(run.run_dir, pathlib.Path(data_dir))
+  return {"val_split": key, "val_wrong": wrong}
+
+
 def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
           data_dir: pathlib.Path, overrides: Sequence[str] = (),
           quick: bool = False) -> list[dict[str, Any]]:
@@ -187,6 +197,10 @@ def sweep(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
     if done.is_file():
       metrics.log(f"{where}: finished earlier, skipped")
       result = json.loads(done.read_text())
+      if result["status"] == "ok" and "val_wrong" not in result:
+        # Written before the paired figures existed: computed once from its best checkpoint.
+        result |= validation_figures(run, data_dir)
+        atomic_write_text(done, json.dumps(result, indent=2) + "\n")
       # Recomputed, so a result.json written before a figure existed gets it too.
       results.append(result | record_figures(run) if result["status"] == "ok" else result)
       continue
@@ -222,6 +236,37 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return rows
 
 
+def paired_with_first(results: list[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
+  """Per config after the first: validation images only the first config's run misses and only
+  this config's, summed over the seeds whose runs of both validated on the same rows, and that
+  count of seeds."""
+  names = list(dict.fromkeys(r["config"] for r in results))
+  first = {r["seed_index"]: r for r in results
+           if r["config"] == names[0] and r["status"] == "ok" and r.get("val_split")}
+  paired = {}
+  for name in names[1:]:
+    only_first = only_this = seeds = 0
+    for r in results:
+      base = first.get(r.get("seed_index"))
+      if r["config"] == name and r["status"] == "ok" and base and \
+          r.get("val_split") == base["val_split"]:
+        a, b = set(base["val_wrong"]), set(r["val_wrong"])
+        only_first, only_this, seeds = only_first + len(a - b), only_this + len(b - a), seeds + 1
+    paired[name] = (only_first, only_this, seeds)
+  return paired
+
+
+def _paired_cell(name: str, first: str, paired: dict[str, tuple[int, int, int]]) -> str:
+  """`only the first / only this, p` for a config paired with the first config."""
+  if name == first:
+    return "(reference)"
+  only_first, only_this, seeds = paired[name]
+  if not seeds:
+    return "–"
+  return (f"{only_first} / {only_this}, p {predict.sign_test_p(only_first, only_this):.3f}"
+          f" ({seeds} seed{'s' if seeds > 1 else ''})")
+
+
 def _fmt(stat: tuple[float, float] | None, digits: int, n: int) -> str:
   if stat is None:
     return "–"
@@ -242,20 +287,29 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
   lines = ["# Sweep results", "",
            "Mean ± sample standard deviation over seeds (seed = the config's seed + i); one row "
            "per run in results.csv.", "",
-           "| config | seeds | best val accuracy | last val accuracy | test accuracy "
-           "| epochs to best | wall time (s) | minutes to target | images/s |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for row in summarize(results):
+           "| config | seeds | best val accuracy | last val accuracy | val errors paired "
+           "with the first config | test accuracy | epochs to best | wall time (s) "
+           "| minutes to target | images/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  rows = summarize(results)
+  paired = paired_with_first(results)
+  for row in rows:
     n = row["n"]
     seeds = f"{n} (+{row['diverged']} diverged)" if row["diverged"] else str(n)
     lines.append(f"| {row['config']} | {seeds} | {_fmt(row['best_val_accuracy'], 4, n)} | "
-                 f"{_fmt(row['last_val_accuracy'], 4, n)} | {_fmt(row['test_accuracy'], 4, n)} | "
-                 f"{_fmt(row['best_epoch'], 1, n)} | "
+                 f"{_fmt(row['last_val_accuracy'], 4, n)} | "
+                 f"{_paired_cell(row['config'], rows[0]['config'], paired)} | "
+                 f"{_fmt(row['test_accuracy'], 4, n)} | {_fmt(row['best_epoch'], 1, n)} | "
                  f"{_fmt(row['wall_s'], 0, n)} | {_target_cell(row)} | "
                  f"{_fmt(row['images_per_s'], 0, n)} |")
   lines += ["", "Best val accuracy: the highest of the run's epochs (its kept checkpoint's), "
             "which favours a noisier run; last val accuracy: its last epoch's, which no "
             "choice inflates.", "",
+            "Val errors paired with the first config: the validation images only the first "
+            "config's best checkpoint misses / only this config's, summed over the seeds where "
+            "both validated on the same images, and the two-sided exact sign test of the two "
+            "counts (p: the chance of a split at least that uneven were both equally "
+            "accurate).", "",
             "Minutes to target: wall-clock minutes from the start of training until the "
             "validation accuracy first reached the config's train.target_accuracy (default "
             "0.995), over the seeds that reached it."]

@@ -57,7 +57,7 @@ def _rows(workdir):
 
 
 @pytest.mark.slow
-def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
+def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept, data_dir):
   _, workdir, results = swept
   rows = _rows(workdir)
   assert [(r["config"], r["seed_index"], r["seed"]) for r in rows] == [
@@ -79,6 +79,18 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept):
   table = [line for line in (workdir / "results.md").read_text().splitlines()
            if line.startswith(("| a |", "| b |"))]
   assert len(table) == 2 and all(line.count("±") == 6 for line in table)
+  # The same seed, the same validation rows: b's runs pair with a's image by image.
+  by = {(r["config"], r["seed_index"]): r for r in results}
+  assert all(by[("a", i)]["val_split"] == by[("b", i)]["val_split"] for i in (0, 1))
+  assert by[("a", 0)]["val_split"] != by[("a", 1)]["val_split"]
+  only_a = sum(len(set(by[("a", i)]["val_wrong"]) - set(by[("b", i)]["val_wrong"])) for i in (0, 1))
+  only_b = sum(len(set(by[("b", i)]["val_wrong"]) - set(by[("a", i)]["val_wrong"])) for i in (0, 1))
+  assert table[0].split(" | ")[4] == "(reference)"
+  assert table[1].split(" | ")[4] == (f"{only_a} / {only_b}, "
+                                      f"p {sweep.predict.sign_test_p(only_a, only_b):.3f} (2 seeds)")
+  # Errors of a's best checkpoint, counted the way validate counts them.
+  validation = sweep.predict.validate(workdir / "a" / "seed0", data_dir, (1,))
+  assert len(by[("a", 0)]["val_wrong"]) == validation.member_errors[0, 0]
   assert png_size(workdir / "results.png") == tuple(
       round(inches * sweep.report.DPI) for inches in sweep.results_figsize(2))
 
@@ -107,7 +119,9 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
   # A result.json from before last_val_accuracy existed: the skipped run gets it from its records.
   finished = workdir / "a" / "seed0" / "result.json"
   before = json.loads(finished.read_text())
-  finished.write_text(json.dumps({k: v for k, v in before.items() if k != "last_val_accuracy"}))
+  # One from before the paired figures existed: they are computed once and saved.
+  finished.write_text(json.dumps({k: v for k, v in before.items()
+                                  if k not in ("last_val_accuracy", "val_split", "val_wrong")}))
   calls, original = [], train.train_and_evaluate
 
   def recording(cfg, run_dir, data_dir, pseudo_labels=None):
@@ -124,6 +138,8 @@ def test_interrupted_sweep_reruns_only_the_unfinished_run(swept, data_dir, monke
                                                             old["best_epoch"])
   assert len(_rows(workdir)) == len(results) == 4
   assert results[0] == before
+  saved = json.loads(finished.read_text())
+  assert (saved["val_split"], saved["val_wrong"]) == (before["val_split"], before["val_wrong"])
 
 
 @pytest.mark.slow
@@ -250,7 +266,27 @@ def test_without_test_answers_a_final_fit_has_no_bar():
   assert ax.get_xlabel().startswith("best validation accuracy")
   (ax,) = sweep.plot_results([fit]).axes
   assert [t.get_text() for t in ax.texts] == ["no held-out accuracy yet"]
-  assert "| fit | 1 | – | – | – | 3.0 | 10 | – | 100 |" in sweep.results_markdown([fit])
+  assert "| fit | 1 | – | – | (reference) | – | 3.0 | 10 | – | 100 |" in \
+      sweep.results_markdown([fit])
+
+
+def test_configs_pair_with_the_first_over_the_seeds_that_share_validation_rows():
+  ok = {"status": "ok", "best_val_accuracy": 0.9, "test_accuracy": None, "best_epoch": 3,
+        "wall_s": 10.0, "images_per_s": 100.0, "resumed": False}
+  results = [dict(ok, config="base", seed_index=0, val_split="s0", val_wrong=[1, 2, 3]),
+             dict(ok, config="base", seed_index=1, val_split="s1", val_wrong=[7]),
+             dict(ok, config="new", seed_index=0, val_split="s0", val_wrong=[3, 4]),
+             dict(ok, config="new", seed_index=1, val_split="s1", val_wrong=[]),
+             dict(ok, config="new", seed_index=2, val_split="s2", val_wrong=[9]),  # No base.
+             dict(ok, config="other_split", seed_index=0, val_split="x", val_wrong=[]),
+             dict(ok, config="old", seed_index=0),  # A result.json without the figures.
+             dict(ok, config="gone", seed_index=0, status="diverged", val_split=None)]
+  assert sweep.paired_with_first(results) == {
+      "new": (2 + 1, 1, 2), "other_split": (0, 0, 0), "old": (0, 0, 0), "gone": (0, 0, 0)}
+  lines = sweep.results_markdown(results).splitlines()
+  cells = {line.split(" | ")[0][2:]: line.split(" | ")[4] for line in lines[6:11]}
+  assert cells == {"base": "(reference)", "new": "3 / 1, p 0.625 (2 seeds)",
+                   "other_split": "–", "old": "–", "gone": "–"}
 
 
 def test_a_budgeted_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path):
