@@ -149,6 +149,10 @@ def _validate(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) -
     print("each run against the first on the same images (a run's members blended); p: exact "
           "two-sided sign test that both are equally accurate:", file=sys.stderr)
     print(validation.paired_table())
+  if len(validation.ttas) > 1 and validation.run_wrong is not None:
+    print("each test-time transform count against the first, per run (a run's members "
+          "blended), on the same images:", file=sys.stderr)
+    print(validation.tta_paired_table())
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:

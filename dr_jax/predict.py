@@ -133,8 +133,10 @@ class Validation:
   n_val: int  # Images in each member's validation split.
   columns: tuple[str, ...] = ()  # The members' headings; () = member 0, member 1, ...
   ensemble_name: str = "ensemble"
-  runs: tuple[str, ...] = ()  # A blend's runs, in order.
-  run_wrong: np.ndarray | None = None  # (len(ttas), len(runs), n_val): each run's misses.
+  runs: tuple[str, ...] = ()  # The runs, in order.
+  # (len(ttas), len(runs), n_val): each run's misses, members blended; None when a run's
+  # members validate on splits of their own.
+  run_wrong: np.ndarray | None = None
 
   def table(self) -> str:
     """A Markdown table: one row per TTA count."""
@@ -159,6 +161,14 @@ class Validation:
     return markdown_table(["tta", "run", *PAIRED_HEAD],
                           [[str(tta), *row] for i, tta in enumerate(self.ttas)
                            for row in paired_rows(self.runs, self.run_wrong[i])])
+
+  def tta_paired_table(self) -> str:
+    """A Markdown table: each later TTA count against the first, per run, on the same images."""
+    assert self.run_wrong is not None, "tta_paired_table needs the runs' misses"
+    names = [f"tta {tta}" for tta in self.ttas]
+    return markdown_table(["run", "against", *PAIRED_HEAD],
+                          [[run, *row] for r, run in enumerate(self.runs)
+                           for row in paired_rows(names, self.run_wrong[:, r])])
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -200,20 +210,21 @@ def validate(workdir: pathlib.Path, data_dir: pathlib.Path,
     augment.check_tta(tta, f"--tta {tta}")
   predictor = evaluate.load_predictor(workdir)
   cfg, split = _validated_split(workdir, data_dir)
-  member_errors = np.zeros((len(ttas), predictor.members), np.int64)
-  shared = predictor.members > 1 and not cfg.ensemble.own_split
-  ensemble_errors = np.zeros(len(ttas), np.int64) if shared else None
+  n_val = split.val_idx.shape[1]
+  member_wrong = np.zeros((len(ttas), predictor.members, n_val), bool)
   for m in range(predictor.members):
     member = predictor.member(m)
     images, labels = split.images[split.val_idx[m]], split.labels[split.val_idx[m]]
     for i, tta in enumerate(ttas):
-      wrong = member.probabilities(images, tta=tta).argmax(-1) != labels
-      member_errors[i, m] = wrong.sum()
-  if ensemble_errors is not None:  # `shared`
-    for i, tta in enumerate(ttas):
-      wrong = predictor.probabilities(split.val.images, tta=tta).argmax(-1) != split.val.labels
-      ensemble_errors[i] = wrong.sum()
-  return Validation(tuple(ttas), member_errors, ensemble_errors, split.val_idx.shape[1])
+      member_wrong[i, m] = member.probabilities(images, tta=tta).argmax(-1) != labels
+  run_wrong = member_wrong if predictor.members == 1 else None  # (len(ttas), 1, n_val)
+  ensemble_errors = None
+  if predictor.members > 1 and not cfg.ensemble.own_split:  # The members share one split.
+    run_wrong = np.stack([predictor.probabilities(split.val.images, tta=tta).argmax(-1)
+                          != split.val.labels for tta in ttas])[:, None]
+    ensemble_errors = run_wrong[:, 0].sum(-1, dtype=np.int64)
+  return Validation(tuple(ttas), member_wrong.sum(-1, dtype=np.int64), ensemble_errors, n_val,
+                    runs=(str(workdir),), run_wrong=run_wrong)
 
 
 def validation_misses(workdir: pathlib.Path, data_dir: pathlib.Path) -> tuple[str, list[int]]:

@@ -224,11 +224,19 @@ def test_validate_prints_a_row_per_tta_count(cli_main, trained, data):
   code, out, err = cli_main("validate", "--workdir", trained[0], "--data-dir", data,
                            "--tta", "1", "5")
   assert code == 0, err
-  header, rule, *rows = out.strip().splitlines()
+  header, rule, *rows, paired_header, _, paired = out.strip().splitlines()
   assert header == "| tta | member 0 | member mean accuracy |"
   assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 5"]
   best = last_json(trained[1])["best_val_accuracy"]
   assert abs(float(rows[0].split(" | ")[2].rstrip(" |")) - best) < 1e-4, (rows, best)
+  assert "each test-time transform count against the first" in err
+  assert paired_header == ("| run | against | wrong in the first only | wrong in this one only "
+                           "| wrong in both | sign test p |")
+  cells = paired.strip("| ").split(" | ")
+  assert cells[:2] == [str(trained[0]), "tta 5"]
+  errors = [int(row.split(" | ")[1]) for row in rows]
+  # Wrong with one view = wrong with it only + wrong with both; likewise for five.
+  assert int(cells[2]) + int(cells[4]) == errors[0] and int(cells[3]) + int(cells[4]) == errors[1]
 
 
 

@@ -270,6 +270,16 @@ def test_validate_counts_each_members_errors_as_training_measured_them(tmp_path,
     assert result.ensemble_errors.dtype == np.int64  # Counts of images, not rates.
   table = result.table().splitlines()
   assert table[0].startswith("| tta | member 0 | member 1 |") and len(table) == 4
+  # Pairing views needs one set of images for the run: none when each member has its own.
+  assert (result.run_wrong is None) == own_split
+  if not own_split:
+    assert result.run_wrong.shape == (2, 1, 30)
+    np.testing.assert_array_equal(result.run_wrong[:, 0].sum(-1), result.ensemble_errors)
+    wrong_1, wrong_3 = result.run_wrong[:, 0]
+    assert result.tta_paired_table().splitlines()[2] == (
+        f"| {workdir} | tta 3 | {(wrong_1 & ~wrong_3).sum()} | {(wrong_3 & ~wrong_1).sum()} | "
+        f"{(wrong_1 & wrong_3).sum()} | "
+        f"{predict.sign_test_p((wrong_1 & ~wrong_3).sum(), (wrong_3 & ~wrong_1).sum()):.3f} |")
 
 
 @pytest.mark.slow
