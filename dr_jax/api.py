@@ -149,6 +149,17 @@ def compare(submissions: Sequence[PathLike], answers: PathLike | None = None,
   return predict_lib.compare([pathlib.Path(s) for s in submissions], _answers(answers, data_dir))
 
 
+def score_by_source(submissions: Sequence[PathLike], answers: PathLike | None = None,
+                    data_dir: PathLike | None = None) -> str:
+  """A Markdown table: each submission's accuracy on the embedded data's answers, all of them and
+  split by where MNIST had each image (its test set, its training set)."""
+  from dr_jax import fetch, predict as predict_lib
+
+  labels, from_mnist_test = fetch.embedded_test_sources()
+  return predict_lib.score_by_source([pathlib.Path(s) for s in submissions],
+                                     _answers(answers, data_dir), labels, from_mnist_test)
+
+
 def _answers(answers: PathLike | None, data_dir: PathLike | None) -> pathlib.Path:
   """The answers file given, else DATA_DIR/test_answers.csv."""
   from dr_jax.fetch import ANSWERS_FILE

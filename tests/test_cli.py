@@ -17,6 +17,7 @@ import shutil
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import call_main, cli_isolation, record_predictor_calls, write_family_dir
@@ -194,6 +195,24 @@ def test_score_of_two_submissions_prints_both_and_pairs_them(cli_main, predicted
                       "| 1.000 |")
   line = assert_user_error(cli_main("score", path, tmp_path / "none.csv", "--data-dir", data))
   assert str(tmp_path / "none.csv") in line and "not found" in line
+
+
+def test_score_by_source_prints_a_row_per_submission(cli_main, predicted, data, monkeypatch):
+  from dr_jax import fetch
+
+  path, _ = predicted
+  answers = pd.read_csv(data / "test_answers.csv")["Label"].to_numpy()
+  from_test = np.arange(len(answers)) % 3 == 0
+  monkeypatch.setattr(fetch, "embedded_test_sources", lambda: (answers, from_test))
+  code, out, err = cli_main("score", "--by-source", path, path, "--data-dir", data)
+  assert code == 0, err
+  head, _, first, second = out.strip().splitlines()
+  assert head == (f"| submission | all ({len(answers)}) | MNIST's test set ({from_test.sum()}) | "
+                  f"MNIST's training set ({(~from_test).sum()}) |")
+  assert first == second and first.startswith(f"| {path} | ")
+  monkeypatch.setattr(fetch, "embedded_test_sources", lambda: (answers + 1, from_test))
+  line = assert_user_error(cli_main("score", "--by-source", path, "--data-dir", data))
+  assert "not the embedded data's answers" in line
 
 
 def test_predict_writes_the_sample_submissions_header_and_ids(cli_main, trained, predicted,

@@ -407,6 +407,25 @@ def small_embedded(tmp_path: pathlib.Path,
   return downloads, blob
 
 
+def test_embedded_test_sources_name_the_mnist_test_rows_of_test_csv(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
+    small_embedded: tuple[list[pathlib.Path], bytes]
+) -> None:
+  """The fake pickle's last split (6 images) plays MNIST's test set."""
+  _, blob = small_embedded
+  monkeypatch.setattr(fetch_mod, "MNIST_TEST_SIZE", 6)
+  cache = tmp_path / "cache"
+  fetch_mod.fetch(tmp_path / "d", cache_dir=cache)
+  labels, from_test = fetch_mod.embedded_test_sources(cache)
+  _, answers = _read_csv(tmp_path / "d" / "test_answers.csv")
+  np.testing.assert_array_equal(labels, answers[:, 1])  # In test.csv's order.
+  _, test = fetch_mod.split_rows(32, 18, 14, fetch_mod.SPLIT_SEED)
+  order = np.random.default_rng(fetch_mod.SPLIT_SEED).permutation(32)
+  np.testing.assert_array_equal(test, order[18:])
+  np.testing.assert_array_equal(from_test, test >= 26)
+  assert 0 < from_test.sum() < 14
+
+
 def test_embedded_end_to_end_then_free_second_call(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch,
     small_embedded: tuple[list[pathlib.Path], bytes]

@@ -135,6 +135,19 @@ def test_compare_scores_each_submission_then_pairs_each_with_the_first(tmp_path)
     predict.compare([a, _write(tmp_path / "short.csv", [(1, 3)])], answers)
 
 
+def test_score_by_source_splits_the_answers_by_mnists_set(tmp_path):
+  answers = _write(tmp_path / "answers.csv", [(1, 3), (2, 4), (3, 5), (4, 6)])
+  sub = _write(tmp_path / "sub.csv", [(1, 3), (2, 0), (3, 5), (4, 0)])  # Misses 2 and 4.
+  from_test = np.array([True, True, True, False])
+  assert predict.score_by_source([sub], answers, np.array([3, 4, 5, 6]), from_test) == "\n".join([
+      "| submission | all (4) | MNIST's test set (3) | MNIST's training set (1) |",
+      "|---|---|---|---|",
+      f"| {sub} | 0.50000 (2 wrong) | 0.66667 (1 wrong) | 0.00000 (1 wrong) |"])
+  for labels in (np.array([3, 4, 5, 7]), np.array([3, 4, 5])):  # Not these answers.
+    with pytest.raises(UserError, match="not the embedded data's answers.*--source embedded"):
+      predict.score_by_source([sub], answers, labels, from_test[:len(labels)])
+
+
 @pytest.mark.parametrize("rows,fragment", [
     ([(1, 3), (2, 4)], "missing"), ([(1, 3), (2, 4), (3, 5), (9, 1)], "unknown"),
     ([(1, 3), (1, 3), (2, 4), (3, 5)], "more than once")])

@@ -86,8 +86,8 @@ def test_sweep_writes_a_row_per_run_and_a_summary_per_config(swept, data_dir):
   only_a = sum(len(set(by[("a", i)]["val_wrong"]) - set(by[("b", i)]["val_wrong"])) for i in (0, 1))
   only_b = sum(len(set(by[("b", i)]["val_wrong"]) - set(by[("a", i)]["val_wrong"])) for i in (0, 1))
   assert table[0].split(" | ")[4] == "(reference)"
-  assert table[1].split(" | ")[4] == (f"{only_a} / {only_b}, "
-                                      f"p {sweep.predict.sign_test_p(only_a, only_b):.3f} (2 seeds)")
+  p = sweep.predict.sign_test_p(only_a, only_b)
+  assert table[1].split(" | ")[4] == f"{only_a} / {only_b}, p {p:.3f} (2 seeds)"
   # Errors of a's best checkpoint, counted the way validate counts them.
   validation = sweep.predict.validate(workdir / "a" / "seed0", data_dir, (1,))
   assert len(by[("a", 0)]["val_wrong"]) == validation.member_errors[0, 0]
