@@ -926,8 +926,10 @@ def test_sweep_prints_its_results_table(swept):
   assert code == 0, err
   assert out == (workdir / "results.md").read_text()
   assert f"results: {workdir / 'results.csv'}, {workdir / 'results.png'}" in err
-  # Best and last validation accuracy, test accuracy, then epochs to best.
-  assert re.search(r"^\| tiny \| 1 \|( (0\.\d{4}|1\.0000) \|){3} 1\.0 \|", out, re.MULTILINE), out
+  # Best and last validation accuracy, no pairing (the first config diverged), test accuracy,
+  # then epochs to best.
+  assert re.search(r"^\| tiny \| 1 \|( (0\.\d{4}|1\.0000) \|){2} – \| (0\.\d{4}|1\.0000) \| "
+                   r"1\.0 \|", out, re.MULTILINE), out
   tiny = json.loads((workdir / "tiny" / "seed0" / "result.json").read_text())
   assert tiny["status"] == "ok" and tiny["epochs"] == 1
   assert (workdir / "tiny" / "seed0" / "submission.csv").is_file()
@@ -943,7 +945,7 @@ def test_sweep_records_a_diverged_run_and_goes_on(swept):
   assert rows[0]["best_val_accuracy"] == rows[0]["test_accuracy"] == ""
   diverged = json.loads((workdir / "diverging" / "seed0" / "result.json").read_text())
   assert diverged["error"].startswith("training loss became ")
-  assert "| diverging | 0 (+1 diverged) | – | – | – |" in out
+  assert "| diverging | 0 (+1 diverged) | – | – | (reference) | – |" in out
   assert not (workdir / "diverging" / "seed0" / "submission.csv").exists()
 
 

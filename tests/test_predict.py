@@ -360,6 +360,14 @@ def test_a_blend_of_two_architectures_is_validated_on_the_split_they_share(tmp_p
   assert str(info.value) == (
       f"{tmp_path / 'own_split'}: each member has its own validation split "
       "(ensemble.own_split); a blend is validated on one split its runs share")
+  # What a sweep records: the misses of the run as a whole, which own splits do not allow.
+  key, missed = predict.validation_misses(tmp_path / "residual", data_dir)
+  assert key == predict.validation_misses(tmp_path / "classic", data_dir)[0]
+  assert key != predict.validation_misses(tmp_path / "other_split", data_dir)[0]
+  residual_wrong = result.run_wrong[0, 1]  # tta 1, the residual run's two members blended.
+  assert missed == sorted(build.load_split(classic, data_dir).val_idx[0][residual_wrong].tolist())
+  with pytest.raises(UserError, match="own validation split .* no held-out rows"):
+    predict.validation_misses(tmp_path / "own_split", data_dir)
   for validate in (lambda: predict.validate(tmp_path / "final_fit", data_dir, (1,)),
                    lambda: predict.validate_blend([tmp_path / "classic", tmp_path / "final_fit"],
                                                   data_dir, (1,))):
