@@ -342,7 +342,8 @@ def score(submission: pathlib.Path, answers: pathlib.Path) -> float:
 def compare(submissions: Sequence[pathlib.Path], answers: pathlib.Path) -> str:
   """Markdown tables: each submission's accuracy, then each later one against the first on the
   same answers."""
-  right = np.stack([correct(s, answers) for s in submissions])
+  truth = read_labels(answers, "answers")  # Read once for every submission.
+  right = np.stack([correct(s, answers, truth) for s in submissions])
   names = [str(s) for s in submissions]
   scores = markdown_table(["submission", "accuracy", "wrong"],
                           [[name, f"{r.mean():.5f}", str(int((~r).sum()))]
@@ -363,17 +364,20 @@ def score_by_source(submissions: Sequence[pathlib.Path], answers: pathlib.Path,
            "MNIST's training set": ~from_mnist_test}
   rows = []
   for submission in submissions:
-    right = correct(submission, answers)
+    right = correct(submission, answers, truth)
     rows.append([str(submission), *(f"{right[m].mean():.5f} ({int((~right[m]).sum())} wrong)"
                                     for m in parts.values())])
   return markdown_table(["submission", *(f"{name} ({m.sum():,})" for name, m in parts.items())],
                         rows)
 
 
-def correct(submission: pathlib.Path, answers: pathlib.Path) -> np.ndarray:
-  """Which answers a submission gets right, in the answers file's order (its header checked)."""
+def correct(submission: pathlib.Path, answers: pathlib.Path,
+            truth: pd.Series | None = None) -> np.ndarray:
+  """Which answers a submission gets right, in the answers file's order (its header checked);
+  `truth`: the answers file already read."""
   predicted = read_labels(submission, "submission")
-  truth = read_labels(answers, "answers")
+  if truth is None:
+    truth = read_labels(answers, "answers")
   header = (str(truth.index.name), str(truth.name))
   if (str(predicted.index.name), str(predicted.name)) != header:
     raise UserError(f"{submission}: header is {predicted.index.name},{predicted.name}; expected "
