@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dr_jax import build, data, evaluate, optim, parallel, steps, train, xla
+from dr_jax import build, data, evaluate, models, optim, parallel, steps, train, xla
 from dr_jax.errors import UserError
 
 
@@ -123,6 +123,13 @@ def _flops_per_image(cfg, state, images, targets, preprocess, batch: int) -> flo
   return float((cost or {}).get("flops", 0.0)) / batch / members
 
 
+def _params_per_member(cfg: ml_collections.ConfigDict) -> int:
+  """Parameters of one member (batch statistics are not parameters), from shapes alone."""
+  shapes = jax.eval_shape(lambda key: models.init_variables(build.model(cfg), key),
+                          jax.random.key(0))
+  return models.count_params(shapes["params"])
+
+
 def predict_rate(cfg: ml_collections.ConfigDict, n: int, repeats: int) -> dict[str, float]:
   """Images/s of the real predict path (`Predictor.probabilities`) on `n` synthetic images."""
   model = build.model(cfg)
@@ -150,8 +157,10 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
       "device": f"{jax.devices()[0].platform}:{jax.devices()[0].device_kind}",
       "isa": xla.describe_isa() if jax.default_backend() == "cpu" else "n/a",
       "model": cfg.model.name, "dtype": cfg.model.dtype, "batch": batch,
-      "members": cfg.ensemble.size,
+      "members": cfg.ensemble.size, "params": _params_per_member(cfg),
       "steps_per_call": cfg.train.steps_per_call, "fast_cpu": cfg.train.fast_cpu}
+  if "widths" in cfg.model.kwargs:
+    result["widths"] = ",".join(map(str, cfg.model.kwargs.widths))
   result.update(train_rate(cfg, batch, num_steps, repeats, trace))
   if cfg.ensemble.size > 1:
     # The same members trained one after another: the baseline the vmapped step must beat.
@@ -168,10 +177,12 @@ def run(cfg: ml_collections.ConfigDict, batch: int | None = None, num_steps: int
 
 
 def torch_rates(python: str, script: pathlib.Path, model: str, batch: int, num_steps: int,
-                repeats: int, predict_n: int) -> dict[str, float]:
+                repeats: int, predict_n: int, widths: str | None = None,
+                params: int | None = None) -> dict[str, float]:
   """Runs the PyTorch reference script with `python` in a subprocess; its figures as `torch_*`.
 
-  The script builds the same model (`--model`, the config's) and optimizer as dr_jax's.
+  The script builds the same model (`--model` at `--widths`, the config's) and optimizer as
+  dr_jax's, and refuses to run one whose parameter count is not `params`.
   """
   if not script.is_file():
     raise UserError(f"{script} not found; run from the dr_jax checkout")
@@ -184,9 +195,11 @@ def torch_rates(python: str, script: pathlib.Path, model: str, batch: int, num_s
   if check.returncode:
     raise UserError(f"--vs-torch: {python} cannot import torch; pip install torch there, or pass "
                     "--vs-torch PATH/TO/python of an environment that has it")
-  proc = subprocess.run([python, str(script), "--model", model, "--batch", str(batch), "--steps",
-                         str(num_steps), "--repeats", str(repeats), "--predict-images",
-                         str(predict_n)], capture_output=True, text=True, env=env)
+  args = ["--model", model, "--batch", str(batch), "--steps", str(num_steps), "--repeats",
+          str(repeats), "--predict-images", str(predict_n)]
+  args += ["--widths", widths] if widths else []
+  args += ["--params", str(params)] if params else []
+  proc = subprocess.run([python, str(script), *args], capture_output=True, text=True, env=env)
   if proc.returncode:
     last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     raise UserError(f"{script} failed: {last}")
@@ -211,7 +224,7 @@ def main(cfg: ml_collections.ConfigDict, batch: int | None, steps: int, repeats:
     assert torch_script is not None, "vs_torch needs torch_script"
     # Measured in the same invocation, one after the other, so the ratios share the machine's state.
     result.update(torch_rates(vs_torch, torch_script, str(result["model"]), int(result["batch"]),
-                              steps, repeats, predict_n))
+                              steps, repeats, predict_n, result.get("widths"), result["params"]))
     result["train_vs_torch"] = result["train_images_per_s"] / result["torch_train_images_per_s"]
     result["predict_vs_torch"] = (result["predict_images_per_s"]
                                   / result["torch_predict_images_per_s"])

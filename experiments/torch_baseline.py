@@ -1,7 +1,8 @@
 """PyTorch reference for `dr-jax bench --vs-torch`: the same CNN and optimizer, synthetic data.
 
 Models: classic (RMSprop, as the blog post), strided (Adam, as the 15-CNN recipe) and residual
-(Adam, experiments/residual.py's widths), each with dr_jax's parameter count.
+(Adam), each at the config's widths (`--widths`; `dr-jax bench --vs-torch` passes them with dr_jax's
+parameter count, `--params`, which the PyTorch model must match).
 Command: python experiments/torch_baseline.py --model classic --batch 86 --steps 40
          (needs: pip install torch)
 Prints one JSON line: train_images_per_s and predict_images_per_s on this machine's CPU.
@@ -17,28 +18,31 @@ import torch
 from torch import nn
 
 
-def classic_cnn() -> nn.Module:
+def classic_cnn(widths: tuple[int, ...] = (32, 64)) -> nn.Module:
   """Conv32-5x5 x2, pool, drop .25, Conv64-3x3 x2, pool, drop .25, Dense 256, drop .5, Dense 10."""
+  a, b = widths
   return nn.Sequential(
-      nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(),
+      nn.Conv2d(1, a, 5, padding=2), nn.ReLU(), nn.Conv2d(a, a, 5, padding=2), nn.ReLU(),
       nn.MaxPool2d(2), nn.Dropout(0.25),
-      nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+      nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU(),
       nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(),
-      nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10))
+      nn.Linear(b * 7 * 7, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 10))
 
 
-def strided_cnn() -> nn.Module:
-  """[Conv3x3 ×2, Conv5x5/2] ×2 (32, 64; each conv + ReLU + batch-norm, dropout .4), Conv4x4 128."""
+def strided_cnn(widths: tuple[int, ...] = (32, 64, 128)) -> nn.Module:
+  """[Conv3x3 ×2, Conv5x5/2] ×2 (widths 1, 2; each conv + ReLU + batch-norm, dropout .4), Conv4x4
+  (width 3)."""
 
   def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0):
     # Keras' BatchNormalization: momentum 0.99 (PyTorch counts 1 - that), epsilon 1e-3.
     return [nn.Conv2d(cin, cout, kernel, stride, padding), nn.ReLU(),
             nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
 
+  a, b, c = widths
   return nn.Sequential(
-      *conv_bn(1, 32, 3), *conv_bn(32, 32, 3), *conv_bn(32, 32, 5, 2, 2), nn.Dropout(0.4),
-      *conv_bn(32, 64, 3), *conv_bn(64, 64, 3), *conv_bn(64, 64, 5, 2, 2), nn.Dropout(0.4),
-      *conv_bn(64, 128, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(128, 10))
+      *conv_bn(1, a, 3), *conv_bn(a, a, 3), *conv_bn(a, a, 5, 2, 2), nn.Dropout(0.4),
+      *conv_bn(a, b, 3), *conv_bn(b, b, 3), *conv_bn(b, b, 5, 2, 2), nn.Dropout(0.4),
+      *conv_bn(b, c, 4), nn.Flatten(), nn.Dropout(0.4), nn.Linear(c, 10))
 
 
 class ResidualBlock(nn.Module):
@@ -68,7 +72,7 @@ def residual_cnn(widths: tuple[int, ...] = (16, 32, 64)) -> nn.Module:
                        nn.Linear(widths[-1], 10))
 
 
-# name → (model, dr_jax's parameter count, optimizer)
+# name → (model, dr_jax's parameter count at the default widths, optimizer)
 MODELS = {
     # Keras' RMSprop: rho 0.9, epsilon 1e-7.
     "classic": (classic_cnn, 887_530,
@@ -85,11 +89,16 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--predict-images", type=int, default=28000)
+  parser.add_argument("--widths", help="comma-separated layer widths, e.g. 32,64,128")
+  parser.add_argument("--params", type=int, help="dr_jax's parameter count, to check against")
   args = parser.parse_args()
   torch.manual_seed(0)
   build, count, optimizer = MODELS[args.model]
-  model = build()
-  assert sum(p.numel() for p in model.parameters()) == count
+  model = build(tuple(int(w) for w in args.widths.split(","))) if args.widths else build()
+  count = args.params or count
+  built = sum(p.numel() for p in model.parameters())
+  if built != count:
+    raise SystemExit(f"the PyTorch {args.model} CNN has {built:,} parameters, dr_jax's {count:,}")
   opt = optimizer(model.parameters())
   loss_fn = nn.CrossEntropyLoss()
   x = torch.rand(args.batch, 1, 28, 28)

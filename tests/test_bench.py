@@ -45,6 +45,12 @@ def test_torch_rates_run_the_reference_for_the_configured_model(tmp_path, model)
                   "2", "--predict-images", "500"]
 
 
+def test_torch_rates_pass_the_widths_and_the_parameter_count_the_reference_must_match(tmp_path):
+  bench.torch_rates(_fake_python(tmp_path), SCRIPT, "strided", 64, 8, 2, 500, "24,48,96", 184_138)
+  argv = (tmp_path / "argv.txt").read_text().split()
+  assert argv[-4:] == ["--widths", "24,48,96", "--params", "184138"]
+
+
 def test_the_reference_script_has_every_model():
   text = SCRIPT.read_text()
   for name in models.MODELS:
@@ -96,9 +102,13 @@ def test_cli_bench_vs_torch_divides_the_jax_rates_by_the_references(cli_main, tm
   table = dict(line.split(None, 1) for line in out.strip().splitlines()[:-1])
   for key in ("train_vs_torch", "predict_vs_torch", "torch_train_images_per_s"):
     assert table[key] == f"{figures[key]:,.2f}", key
+  # The classic CNN at widths (8, 16), dense 32: convs 208 + 1,608 + 1,168 + 2,320, dense
+  # 784 × 32 + 32 and 32 × 10 + 10 parameters; the reference must build as many.
+  assert figures["params"] == 30_754 and figures["widths"] == "8,16"
   argv = (tmp_path / "argv.txt").read_text().split()
   assert argv == [str(SCRIPT), "--model", "classic", "--batch", "8", "--steps", "1",
-                  "--repeats", "1", "--predict-images", "16"]
+                  "--repeats", "1", "--predict-images", "16", "--widths", "8,16",
+                  "--params", "30754"]
 
 
 @pytest.mark.slow
