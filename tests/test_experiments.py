@@ -137,8 +137,23 @@ def test_configs_keep_the_label_smoothing_their_figures_were_measured_with():
   for name in ("residual", "quick", "ensemble_cpu", "ensemble_cpu_pseudo", "final_fit",
                "grid_quick/strided", "grid_levers/baseline", "grid_levers_30/baseline"):
     assert CONFIGS[name][1].train.label_smoothing == 0.0, name
-  assert CONFIGS["grid_levers_30/label_smoothing"][1].to_json() == \
-      config.load_config(DEFAULT).to_json()
+  shipped = config.apply_overrides(config.load_config(DEFAULT),
+                                    ["model.kwargs.widths=(32, 64, 128)"])
+  assert CONFIGS["grid_levers_30/label_smoothing"][1].to_json(sort_keys=True) == \
+      shipped.to_json(sort_keys=True)
+
+
+def test_configs_keep_the_widths_their_figures_were_measured_with():
+  """default.py's strided CNN is narrower than strided.py's; the configs that load it and whose
+  figures were measured at strided.py's widths (and the lever grids) set those back, so the
+  narrower default does not change what they measured. The width grid's first row is default.py."""
+  measured = config.load_config(ROOT / "experiments" / "strided.py").model.kwargs.widths
+  assert measured == (32, 64, 128)
+  assert config.load_config(DEFAULT).model.kwargs.widths == (24, 48, 96)
+  for name in ("ensemble_cpu", "ensemble_cpu_pseudo", "final_fit", "grid_quick/strided",
+               "grid_levers/baseline", "grid_levers_30/baseline", "grid_levers_30/elastic"):
+    assert CONFIGS[name][1].model.kwargs.widths == measured, name
+  assert CONFIGS["grid_widths_30/widths_24"][1].to_json() == config.load_config(DEFAULT).to_json()
 
 
 @pytest.mark.slow

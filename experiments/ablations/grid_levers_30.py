@@ -63,6 +63,8 @@ def get_grid():
   for name in VARIANTS:
     c = load_config(HERE.parent / "default.py")
     c.train.label_smoothing = 0.0  # The rows' base; the smoothing rows add it back.
+    # As measured: at strided.py's widths, not default.py's narrower ones.
+    c.model.kwargs.widths = load_config(HERE.parent / "strided.py").model.kwargs.widths
     levers[name](c)
     grid.append((name, c))
   return grid
