@@ -11,8 +11,8 @@ Command: dr-jax run --config experiments/budget15.py
 Measured (CPU-2s of docs/results.md: a 2-core AMD EPYC, jax 0.10.2; seeds 0, 1, 2): 18, 23 and
 21 epochs fit, validation 0.9962, 0.9967 and 0.9960 (best checkpoints), local test accuracy
 0.99518, 0.99543 and 0.99589, 10.5, 13.3 and 12.4 min end to end (seed 0 measured its step
-rate 24% slow, just after another job, and left minutes unused). default.py with --budget 13
-gave 0.99461, 0.99432 and 0.99464.
+rate 24% slow, just after another job, and left minutes unused). default.py at the widths it
+had then, (32, 64, 128), with --budget 13 gave 0.99461, 0.99432 and 0.99464.
 """
 
 from dr_jax.config import load_config
