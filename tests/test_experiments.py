@@ -144,11 +144,12 @@ def test_configs_keep_the_label_smoothing_their_figures_were_measured_with():
 
 
 def test_configs_keep_the_widths_their_figures_were_measured_with():
-  """default.py's strided CNN is narrower than strided.py's; the configs that load it and whose
-  figures were measured at strided.py's widths (and the lever grids) set those back, so the
-  narrower default does not change what they measured. The width grid's first row is default.py."""
-  measured = config.load_config(ROOT / "experiments" / "strided.py").model.kwargs.widths
-  assert measured == (32, 64, 128)
+  """default.py's strided CNN is narrower than the Kaggle recipe's (strided.py); the configs that
+  load it and whose figures were measured at the recipe's widths (and the lever grids) set those
+  back, so the narrower default does not change what they measured. The width grid's first row
+  is default.py."""
+  measured = (32, 64, 128)
+  assert config.load_config(ROOT / "experiments" / "strided.py").model.kwargs.widths == measured
   assert config.load_config(DEFAULT).model.kwargs.widths == (24, 48, 96)
   for name in ("ensemble_cpu", "ensemble_cpu_pseudo", "final_fit", "grid_quick/strided",
                "grid_levers/baseline", "grid_levers_30/baseline", "grid_levers_30/elastic"):
