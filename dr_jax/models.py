@@ -108,6 +108,7 @@ class StridedCNN(nn.Module):
   widths: tuple[int, int, int] = (32, 64, 128)
   dropout: float = 0.4
   space_to_depth: bool = True  # On CPU, train stride-2 convs as stride-1 ones: see below.
+  batch_norm: bool = True  # False: the ablation without it (the seed recipe's CNN has none).
   num_classes: int = 10
   dtype: Any = jnp.float32
 
@@ -124,8 +125,10 @@ class StridedCNN(nn.Module):
                 padding: str = "VALID") -> jax.Array:
       x = nn.Conv(width, (kernel, kernel), strides=stride, padding=padding, dtype=self.dtype,
                   conv_general_dilated=conv_fn)(x)
-      return nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(
-          nn.relu(x))
+      x = nn.relu(x)
+      if not self.batch_norm:
+        return x
+      return nn.BatchNorm(use_running_average=not train, momentum=0.99, dtype=self.dtype)(x)
 
     for width in self.widths[:2]:
       x = conv_bn(x, width, 3)

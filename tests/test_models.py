@@ -57,6 +57,20 @@ def test_batch_norm_option_adds_statistics():
   assert "batch_stats" in updates
 
 
+def test_strided_model_without_batch_norm_has_no_statistics_and_trains():
+  """The ablation's switch: no batch_stats, each conv's 2 × width BatchNorm parameters gone."""
+  with_bn = models.create_model("strided", widths=(8, 16, 32))
+  without = models.create_model("strided", widths=(8, 16, 32), batch_norm=False)
+  v_with = models.init_variables(with_bn, jax.random.key(0))
+  v = models.init_variables(without, jax.random.key(0))
+  assert "batch_stats" in v_with and "batch_stats" not in v
+  # Seven conv_bn layers: three at 8, three at 16, one at 32 channels; scale and bias each.
+  assert (models.count_params(v_with["params"]) - models.count_params(v["params"])
+          == 2 * (3 * 8 + 3 * 16 + 32))
+  logits = without.apply(v, _x(), train=True, rngs={"dropout": jax.random.key(1)})
+  assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
+
+
 def test_configurable_widths_change_parameter_count():
   small = models.create_model("classic", widths=(8, 16), dense=32)
   assert models.count_params(models.init_variables(small, jax.random.key(0))["params"]) < 100_000
