@@ -8,7 +8,10 @@ one-cycle (factor 0.5 after 3 epochs without a validation gain), and no batch-no
 post's CNN has none; the strided CNN's convs keep their biases). The reference is
 grid_widths_30.py's first row, default.py itself, on the same seeds and splits.
 Command: dr-jax sweep experiments/ablations/grid_recipe_30.py --seeds 2 --workdir runs/recipe30
-Results: docs/ablations.md ("The seed recipe's choices, 30 epochs").
+Measured (CPU-2s; docs/ablations.md, "The seed recipe's choices, 30 epochs"): last-epoch
+validation errors of 4,200 (seeds 0, 1) 24, 23 without augmentation, 14, 17 with RMSprop, 16, 25
+with reduce-on-plateau and 18, 20 without batch-norm, against default.py's 14, 17; none ahead
+under the rule fixed before the runs. About 15 minutes a run.
 `dr-jax train --config` on this file trains the first variant (get_config).
 """
 
