@@ -157,21 +157,10 @@ def test_configs_keep_the_widths_their_figures_were_measured_with():
   assert CONFIGS["grid_widths_30/widths_24"][1].to_json() == config.load_config(DEFAULT).to_json()
 
 
-def _flat(cfg: ml_collections.ConfigDict) -> dict:
-  """{"a.b": value} for every leaf of `cfg`."""
-  out = {}
-  for key, value in cfg.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out |= {f"{key}.{k}": v for k, v in _flat(value).items()}
-    else:
-      out[key] = value
-  return out
-
-
 def test_the_seed_recipe_rows_are_default_py_with_one_change_each():
   """grid_recipe_30's rows are measured against default.py as shipped: each undoes one of its
   departures from the blog post's recipe and nothing else."""
-  shipped = _flat(config.load_config(DEFAULT))
+  shipped = config.flatten(config.load_config(DEFAULT))
   expected = {
       "no_augmentation": {"augment.rotation": 0.0, "augment.zoom": 0.0, "augment.shift": 0.0},
       "rmsprop": {"optimizer.name": "rmsprop"},
@@ -180,7 +169,7 @@ def test_the_seed_recipe_rows_are_default_py_with_one_change_each():
   rows = {n.split("/")[1]: c for n, (_, c) in CONFIGS.items() if n.startswith("grid_recipe_30/")}
   assert list(rows) == list(expected)
   for name, cfg in rows.items():
-    flat = _flat(cfg)
+    flat = config.flatten(cfg)
     changed = {k: v for k, v in flat.items() if shipped.get(k, "absent") != v}
     assert changed == expected[name], name
     assert set(shipped) <= set(flat), name
