@@ -106,6 +106,25 @@ def test_a_budgeted_run_trains_the_epochs_that_fit_and_equals_that_many_epochs_w
                              budgeted, data_dir)
 
 
+def test_a_budgeted_ensemble_with_own_splits_equals_the_same_ensemble_with_that_many_epochs(
+    tmp_path, data_dir, monkeypatch):
+  # ensemble_cpu.py's shape: members stacked in one program, each on its own split. One epoch
+  # of the whole ensemble is measured at 1,000 s, so the 100-minute budget fits five.
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: budget.EpochCost(1000.0, 0.0))
+  ensemble = {"ensemble.size": 2, "ensemble.own_split": True}
+  budgeted = tmp_path / "budgeted"
+  assert train.train_and_evaluate(tiny_config(**(_ONECYCLE | ensemble)), budgeted,
+                                  data_dir)["epochs"] == 5
+  assert json.loads((budgeted / "config.json").read_text())["num_epochs"] == 5
+  plain = tmp_path / "plain"
+  train.train_and_evaluate(
+      tiny_config(**({"schedule.name": "onecycle", "num_epochs": 5} | ensemble)), plain, data_dir)
+  assert [r["lr"] for r in _records(budgeted)] == [r["lr"] for r in _records(plain)]
+  for x, y in zip(jax.tree.leaves(_params(budgeted)), jax.tree.leaves(_params(plain))):
+    assert x.shape[0] == 2  # The member axis.
+    np.testing.assert_array_equal(x, y)
+
+
 def test_a_budget_too_small_for_one_epoch_trains_nothing(tmp_path, data_dir):
   with pytest.raises(UserError, match=r"^train.budget_minutes=0.001 fits no epoch on this "):
     train.train_and_evaluate(tiny_config(**{"train.budget_minutes": 0.001}), tmp_path, data_dir)
