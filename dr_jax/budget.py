@@ -1,10 +1,12 @@
-"""`train.budget_minutes`: as many epochs as fit in a wall-clock budget, measured on this machine.
+"""Epochs sized to a wall-clock limit measured on this machine: a budget or a cap.
 
 CPUs differ by 5× in step rate, so a fixed epoch count is twelve minutes on one machine and an
-hour on another. With a budget, `train` times its own compiled train calls and a validation pass
-right after compiling, and sets `num_epochs` to the most epochs that end within the budget; the
-resolved count goes into the run's config.json, so a resume, a rerun, or `--config.num_epochs=N`
-without a budget trains exactly the same run.
+hour on another. Under a limit, `train` times its own compiled train calls and a validation pass
+right after compiling. A budget (`train.budget_minutes`) sets `num_epochs` to the most epochs
+that end within it; a cap (`train.max_minutes`) keeps `num_epochs` where they end within it and
+lowers it to the most that do where they would not. The resolved count goes into the run's
+config.json, so a resume, a rerun, or `--config.num_epochs=N` without a limit trains exactly the
+same run.
 """
 
 from __future__ import annotations
@@ -39,17 +41,54 @@ class EpochCost:
     return (self.train_s + self.validation_s) * (1 + MARGIN)
 
 
-def epochs_within(budget_minutes: float, spent_s: float, cost: EpochCost,
-                  recompile_s: float) -> int:
-  """The most whole epochs that end within the budget, `spent_s` already gone and `recompile_s`
-  still to come; a budget that fits none is a user error."""
-  epochs = math.floor((budget_minutes * 60 - spent_s - recompile_s) / cost.total_s)
+@dataclasses.dataclass(frozen=True)
+class Limit:
+  """A run's time limit: the key that sets it, its minutes, and whether it caps `num_epochs`
+  (train.max_minutes) or replaces it (train.budget_minutes)."""
+
+  key: str
+  minutes: float
+  caps: bool
+
+  @property
+  def fix(self) -> str:
+    return ("raise --budget" if not self.caps else
+            "raise it, or set it to 0 to train num_epochs however long they take")
+
+
+def limit(cfg: ml_collections.ConfigDict) -> Limit | None:
+  """The time limit `cfg` sets: its budget if any (a budget decides alone), else its cap; None
+  for neither (num_epochs as given)."""
+  if cfg.train.get("budget_minutes", 0.0):
+    return Limit("train.budget_minutes", cfg.train.budget_minutes, caps=False)
+  if cfg.train.get("max_minutes", 0.0):
+    return Limit("train.max_minutes", cfg.train.max_minutes, caps=True)
+  return None
+
+
+def epochs_within(lim: Limit, spent_s: float, cost: EpochCost, recompile_s: float) -> int:
+  """The most whole epochs that end within the limit, `spent_s` already gone and `recompile_s`
+  still to come; a limit that fits none is a user error."""
+  epochs = _fitting(lim.minutes, spent_s, cost, recompile_s)
   if epochs < 1:
     raise UserError(
-        f"train.budget_minutes={budget_minutes:g} fits no epoch on this machine: "
+        f"{lim.key}={lim.minutes:g} fits no epoch on this machine: "
         f"{(spent_s + recompile_s) / 60:.2f} min to load and compile, then "
-        f"{cost.total_s / 60:.2f} min per epoch; raise --budget")
+        f"{cost.total_s / 60:.2f} min per epoch; {lim.fix}")
   return epochs
+
+
+def epochs_under(lim: Limit, num_epochs: int, spent_s: float, cost: EpochCost,
+                 recompile_s: float) -> int:
+  """The epochs a run trains under `lim`: a budget's most that fit; a cap's `num_epochs` if
+  they fit as compiled, else the most that fit after `recompile_s` of recompiling."""
+  if lim.caps and _fitting(lim.minutes, spent_s, cost, 0.0) >= num_epochs:
+    return num_epochs
+  return epochs_within(lim, spent_s, cost, recompile_s)
+
+
+def _fitting(minutes: float, spent_s: float, cost: EpochCost, recompile_s: float) -> int:
+  return math.floor((minutes * 60 - spent_s - recompile_s) / cost.total_s)
 
 
 def seconds_per_call(call: Callable, state: Any, batches: Sequence[tuple]) -> float:
@@ -75,12 +114,12 @@ def seconds_of(fn: Callable[[], Any]) -> float:
 
 def with_earlier_epochs(cfg: ml_collections.ConfigDict,
                         workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
-  """`cfg` with the epoch count an earlier session of this run resolved for the same budget;
-  None if there was none (a new run, or another budget, which resuming refuses)."""
+  """`cfg` with the epoch count an earlier session of this run resolved under the same limit;
+  None if there was none (a new run, or another limit, which resuming refuses)."""
   if not (pathlib.Path(workdir) / "config.json").is_file():
     return None
   saved = provenance.read_config(workdir)
-  if saved.train.get("budget_minutes", 0.0) != cfg.train.budget_minutes:
+  if limit(saved) != limit(cfg):
     return None
   return with_epochs(cfg, saved.num_epochs)
 

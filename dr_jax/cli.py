@@ -57,7 +57,8 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
 def _add_budget(p: argparse.ArgumentParser) -> None:
   p.add_argument("--budget", type=float, metavar="MINUTES",
                  help="train as many epochs as fit in MINUTES on this machine, measured after "
-                 "compiling (--config.train.budget_minutes); the count goes into config.json")
+                 "compiling (--config.train.budget_minutes; instead of num_epochs and any "
+                 "train.max_minutes); the count goes into config.json")
 
 
 def _fetch_args(p: argparse.ArgumentParser) -> None:

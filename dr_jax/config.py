@@ -64,6 +64,7 @@ RANGES = {
     "train.ema_decay": (0, 1, "[)"),
     "train.target_accuracy": (0, 1, "(]"),
     "train.budget_minutes": (0, math.inf, "[)"),
+    "train.max_minutes": (0, math.inf, "[)"),
     "pseudo.threshold": (0, 1, "(]"),
 }
 
@@ -154,6 +155,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # rate is measured after compiling and num_epochs becomes the most epochs that fit (recorded
   # in the run's config.json). 0: num_epochs as given.
   c.train.budget_minutes = 0.0
+  # A cap instead of a budget: num_epochs, or fewer where they would not end within these
+  # minutes of `train` on this machine (measured as for a budget; the count goes into
+  # config.json). A budget, when set, decides alone. 0: no cap.
+  c.train.max_minutes = 0.0
   # Train on every labelled row (the validation rows too) and keep the last epoch: for a recipe
   # and epoch count already chosen on validation, under a schedule that ends low (onecycle,
   # cosine, exponential). Validation figures are then on images the model trained on.

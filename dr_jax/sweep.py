@@ -24,9 +24,10 @@ from dr_jax.fetch import ANSWERS_FILE
 from dr_jax.files import atomic_write_text
 
 # --quick: two epochs on the first 2,000 training rows, enough to smoke-test a sweep's configs
-# in minutes; no budget, which would set the epoch count from the machine's speed instead.
+# in minutes; no time limit, which would set the epoch count from the machine's speed instead.
 # Applied before --config.KEY=VALUE overrides, which can change them again.
-QUICK_OVERRIDES = ("num_epochs=2", "train.budget_minutes=0", "data.subset=2000")
+QUICK_OVERRIDES = ("num_epochs=2", "train.budget_minutes=0", "train.max_minutes=0",
+                   "data.subset=2000")
 RESULT = "result.json"
 COLUMNS = ("config", "seed_index", "seed", "status", "best_val_accuracy", "test_accuracy",
            "best_epoch", "epochs", "wall_s", "minutes_to_target", "images_per_s", "resumed",
@@ -103,15 +104,19 @@ def plan(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
   return runs
 
 
+def _limited(flat: dict) -> bool:
+  return bool(flat.get("train.budget_minutes")) or bool(flat.get("train.max_minutes"))
+
+
 def _check_same_config(run: Run) -> None:
   """Refuses to resume or reuse a run directory trained with another config."""
   if not (run.run_dir / "config.json").is_file():
     return
   saved, wanted = (config.flatten(provenance.read_config(run.run_dir)), config.flatten(run.cfg))
   # What train.csv decided is recorded (build.resolve); a sweep's () asks for exactly that.
-  # Under a budget both sides set, the epoch count is measured, not asked for: only the budget
-  # itself can differ.
-  budgeted = bool(saved.get("train.budget_minutes")) and bool(wanted.get("train.budget_minutes"))
+  # Under a time limit (a budget or a cap) both sides set, the epoch count is measured, not
+  # asked for: only the limit itself can differ.
+  budgeted = _limited(saved) and _limited(wanted)
   diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k)
                 and not (k in RESOLVED_KEYS and wanted.get(k) == ())
                 and not (k == "num_epochs" and budgeted))

@@ -231,9 +231,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   _prepare_workdir(workdir)  # Only once the data is known to be good.
   ckpts = checkpoint.Checkpoints(workdir)
   resuming = ckpts.latest_epoch("latest") is not None
-  # A resumed budgeted run keeps the epoch count its first session measured.
-  earlier = budget.with_earlier_epochs(cfg, workdir) if cfg.train.budget_minutes and resuming \
-      else None
+  # A resumed run under a time limit keeps the epoch count its first session measured.
+  lim = budget.limit(cfg)
+  earlier = budget.with_earlier_epochs(cfg, workdir) if lim and resuming else None
   cfg = earlier or cfg
   plan = epoch_plan(split.train_idx.shape[1], cfg)
   tx = optim.make_optimizer(cfg, plan.steps * cfg.num_epochs)
@@ -245,10 +245,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   pseudo_record = pseudo_labels.record() if pseudo_labels else None
   state, best, run = _resume_or_start(cfg, workdir, ckpts, split, state, pseudo_record)
   program, compile_s = _compile_and_describe(cfg, split, state, mesh, plan)
-  if cfg.train.budget_minutes and earlier is None:
-    cfg, state, program = _fit_budget(cfg, split, state, mesh, program, compile_s,
-                                      session_start)
-  # After the budget is resolved: config.json holds the epoch count the run trains.
+  if lim and earlier is None:
+    cfg, state, program = _fit_limit(cfg, lim, split, state, mesh, program, compile_s,
+                                     session_start)
+  # After the limit is resolved: config.json holds the epoch count the run trains.
   if distributed.is_primary():
     provenance.write_run_files(workdir, cfg, run.epoch > 0, split.source, split.digest,
                                pseudo_record)
@@ -283,24 +283,27 @@ def _compile_and_describe(cfg: ml_collections.ConfigDict, split: build.Split,
               f"train step compiled in {compile_s:.1f}s")
   return program, compile_s
 
-def _fit_budget(cfg: ml_collections.ConfigDict, split: build.Split, state: steps.TrainState,
-                mesh: jax.sharding.Mesh, program: Program, compile_s: float,
-                session_start: float) -> tuple[ml_collections.ConfigDict, steps.TrainState,
-                                               Program]:
-  """The config, state and program with as many epochs as fit in train.budget_minutes."""
+def _fit_limit(cfg: ml_collections.ConfigDict, lim: budget.Limit, split: build.Split,
+               state: steps.TrainState, mesh: jax.sharding.Mesh, program: Program,
+               compile_s: float, session_start: float) -> tuple[ml_collections.ConfigDict,
+                                                                steps.TrainState, Program]:
+  """The config, state and program with the epochs `lim` allows on this machine."""
   cost = _epoch_cost(cfg, split, state, program)
   spent_s = time.time() - session_start
-  # A per-step schedule's length is compiled into the step: it compiles again.
+  # A per-step schedule's length is compiled into the step: another count compiles again.
   recompile_s = 0.0 if optim.is_per_epoch(cfg) else compile_s
-  epochs = distributed.fail_together(lambda: budget.epochs_within(
-      cfg.train.budget_minutes, spent_s, cost, recompile_s))
+  epochs = distributed.fail_together(lambda: budget.epochs_under(
+      lim, cfg.num_epochs, spent_s, cost, recompile_s))
   epochs = distributed.min_over_processes(epochs)  # Each process measured its own rate.
-  cfg = budget.with_epochs(cfg, epochs)
-  metrics.log(f"train.budget_minutes={cfg.train.budget_minutes:g}: {_plural(epochs, 'epoch')} of "
+  capped = f" (num_epochs={cfg.num_epochs} would not end in time)" \
+      if lim.caps and epochs < cfg.num_epochs else ""
+  metrics.log(f"{lim.key}={lim.minutes:g}: {_plural(epochs, 'epoch')}{capped} of "
               f"≈ {cost.total_s:.1f}s (train {cost.train_s:.1f}s, validation "
               f"{cost.validation_s:.1f}s, +{budget.MARGIN:.0%}) after {spent_s:.0f}s of loading "
               f"and compiling; num_epochs={epochs} goes into config.json")
-  if recompile_s:
+  changed = epochs != cfg.num_epochs
+  cfg = budget.with_epochs(cfg, epochs)
+  if recompile_s and changed:
     state = state.replace(tx=optim.make_optimizer(cfg, program.plan.steps * epochs))
     program = compile_program(cfg, split, state, mesh, program.plan)
   return cfg, state, program

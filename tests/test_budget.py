@@ -1,4 +1,5 @@
-"""budget.py and train.budget_minutes: epochs sized to a wall-clock budget, recorded, resumed."""
+"""budget.py, train.budget_minutes and train.max_minutes: epochs sized to a wall-clock limit,
+recorded, resumed."""
 
 import json
 
@@ -12,21 +13,50 @@ from dr_jax import budget, checkpoint, train
 from dr_jax.errors import UserError
 
 
+def _budget(minutes):
+  return budget.Limit("train.budget_minutes", minutes, caps=False)
+
+
+def _cap(minutes):
+  return budget.Limit("train.max_minutes", minutes, caps=True)
+
+
 def test_epochs_within_is_the_whole_epochs_left_after_loading_and_compiling():
   cost = budget.EpochCost(train_s=50.0, validation_s=5.0)
   assert cost.total_s == pytest.approx(57.75)  # 5% for saves and slower epochs.
-  assert budget.epochs_within(10, 60.0, cost, 0.0) == 9  # 540 s / 57.75 = 9.35.
-  assert budget.epochs_within(10, 60.0, cost, 30.0) == 8  # A recompile comes first: 8.83.
-  assert budget.epochs_within(10, 0.0, cost, 22.5) == 10  # 577.5 s: exactly ten.
-  assert budget.epochs_within(1, 2.0, cost, 0.0) == 1
+  assert budget.epochs_within(_budget(10), 60.0, cost, 0.0) == 9  # 540 s / 57.75 = 9.35.
+  assert budget.epochs_within(_budget(10), 60.0, cost, 30.0) == 8  # Recompiling first: 8.83.
+  assert budget.epochs_within(_budget(10), 0.0, cost, 22.5) == 10  # 577.5 s: exactly ten.
+  assert budget.epochs_within(_budget(1), 2.0, cost, 0.0) == 1
 
 
-def test_a_budget_that_fits_no_epoch_is_a_user_error_word_for_word():
+def test_a_limit_that_fits_no_epoch_is_a_user_error_word_for_word():
   cost = budget.EpochCost(train_s=50.0, validation_s=5.0)
   with pytest.raises(UserError) as e:
-    budget.epochs_within(1, 20.0, cost, 10.0)
+    budget.epochs_within(_budget(1), 20.0, cost, 10.0)
   assert str(e.value) == ("train.budget_minutes=1 fits no epoch on this machine: 0.50 min to "
                           "load and compile, then 0.96 min per epoch; raise --budget")
+  with pytest.raises(UserError) as e:
+    budget.epochs_under(_cap(1), 30, 20.0, cost, 10.0)
+  assert str(e.value) == ("train.max_minutes=1 fits no epoch on this machine: 0.50 min to "
+                          "load and compile, then 0.96 min per epoch; raise it, or set it to 0 "
+                          "to train num_epochs however long they take")
+
+
+def test_a_budget_replaces_num_epochs_and_a_cap_only_lowers_it():
+  cost = budget.EpochCost(train_s=50.0, validation_s=5.0)  # 57.75 s an epoch.
+  # 10 minutes after 60 s: 9 epochs fit as compiled, 8 after a 30-s recompile.
+  assert budget.epochs_under(_budget(10), 3, 60.0, cost, 30.0) == 8
+  assert budget.epochs_under(_cap(10), 3, 60.0, cost, 30.0) == 3
+  assert budget.epochs_under(_cap(10), 9, 60.0, cost, 30.0) == 9  # No recompile: 9 fit.
+  assert budget.epochs_under(_cap(10), 10, 60.0, cost, 30.0) == 8  # 10 do not: recompile.
+
+
+def test_the_limit_is_the_budget_if_set_else_the_cap():
+  assert budget.limit(tiny_config()) is None
+  assert budget.limit(tiny_config(**{"train.max_minutes": 13.0})) == _cap(13.0)
+  both = tiny_config(**{"train.max_minutes": 13.0, "train.budget_minutes": 20.0})
+  assert budget.limit(both) == _budget(20.0)  # `--budget 20` on a capped config: 20 minutes.
 
 
 def test_seconds_per_call_times_a_chain_from_a_copy_that_leaves_the_state_alone():
@@ -49,7 +79,7 @@ def test_seconds_of_times_the_second_call():
   assert budget.seconds_of(lambda: calls.append(1)) >= 0 and calls == [1, 1]
 
 
-def test_an_earlier_session_with_the_same_budget_gives_its_epoch_count(tmp_path):
+def test_an_earlier_session_with_the_same_limit_gives_its_epoch_count(tmp_path):
   cfg = tiny_config(**{"train.budget_minutes": 5.0})
   assert budget.with_earlier_epochs(cfg, tmp_path) is None  # No run yet.
   saved = tiny_config(**{"train.budget_minutes": 5.0, "num_epochs": 7})
@@ -58,6 +88,13 @@ def test_an_earlier_session_with_the_same_budget_gives_its_epoch_count(tmp_path)
   assert resumed is not None and resumed.num_epochs == 7 and cfg.num_epochs == 2
   other = tiny_config(**{"train.budget_minutes": 6.0})
   assert budget.with_earlier_epochs(other, tmp_path) is None
+  # A cap of the same minutes is another limit; the same cap keeps the count it resolved.
+  capped = tiny_config(**{"train.max_minutes": 5.0, "num_epochs": 30})
+  assert budget.with_earlier_epochs(capped, tmp_path) is None
+  (tmp_path / "config.json").write_text(
+      tiny_config(**{"train.max_minutes": 5.0, "num_epochs": 7}).to_json())
+  resumed = budget.with_earlier_epochs(capped, tmp_path)
+  assert resumed is not None and resumed.num_epochs == 7
 
 
 def _params(workdir):
@@ -126,6 +163,49 @@ def test_a_budgeted_ensemble_with_own_splits_equals_the_same_ensemble_with_that_
       tiny_config(**({"schedule.name": "onecycle", "num_epochs": 5} | ensemble)), plain, data_dir)
   _assert_same_training(budgeted, plain)
   assert all(x.shape[0] == 2 for x in jax.tree.leaves(_params(budgeted)))  # The member axis.
+
+
+def test_a_cap_lowers_num_epochs_to_those_that_fit_and_keeps_them_on_resuming(
+    tmp_path, data_dir, monkeypatch, capsys):
+  # default.py's shape: num_epochs under train.max_minutes. 1,000 s an epoch as measured: 100
+  # minutes fit five of the eight asked for, on any machine.
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: budget.EpochCost(1000.0, 0.0))
+  capped_cfg = tiny_config(**{"schedule.name": "onecycle", "train.max_minutes": 100.0,
+                              "num_epochs": 8})
+  capped = tmp_path / "capped"
+  assert train.train_and_evaluate(capped_cfg, capped, data_dir)["epochs"] == 5
+  saved = json.loads((capped / "config.json").read_text())
+  assert (saved["num_epochs"], saved["train"]["max_minutes"]) == (5, 100.0)
+  assert "train.max_minutes=100: 5 epochs (num_epochs=8 would not end in time) of ≈ 1050.0s" \
+      in capsys.readouterr().err
+  plain = tmp_path / "plain"
+  train.train_and_evaluate(tiny_config(**{"schedule.name": "onecycle", "num_epochs": 5}), plain,
+                           data_dir)
+  _assert_same_training(capped, plain)
+
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: pytest.fail("a resumed run measured"))
+  before = (capped / "metrics.jsonl").read_text()
+  assert train.train_and_evaluate(capped_cfg, capped, data_dir)["epochs"] == 5
+  assert (capped / "metrics.jsonl").read_text() == before
+
+
+def test_a_cap_that_fits_num_epochs_trains_them_as_compiled(tmp_path, data_dir, monkeypatch,
+                                                             capsys):
+  # 100 minutes fit five measured epochs; two are asked for: two, with no second compile.
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: budget.EpochCost(1000.0, 0.0))
+  compiles = []
+  real_compile = train.compile_program
+  monkeypatch.setattr(train, "compile_program",
+                      lambda *a: compiles.append(1) or real_compile(*a))
+  capped = tmp_path / "capped"
+  cfg = tiny_config(**{"schedule.name": "onecycle", "train.max_minutes": 100.0})
+  assert train.train_and_evaluate(cfg, capped, data_dir)["epochs"] == 2
+  assert len(compiles) == 1
+  assert json.loads((capped / "config.json").read_text())["num_epochs"] == 2
+  assert "train.max_minutes=100: 2 epochs of ≈ 1050.0s" in capsys.readouterr().err
+  plain = tmp_path / "plain"
+  train.train_and_evaluate(tiny_config(**{"schedule.name": "onecycle"}), plain, data_dir)
+  _assert_same_training(capped, plain)
 
 
 def test_a_budget_too_small_for_one_epoch_trains_nothing(tmp_path, data_dir):

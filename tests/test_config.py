@@ -203,6 +203,7 @@ BAD_VALUES = [
     ("train.ema_decay", -0.1), ("train.ema_decay", 1.0),
     ("train.target_accuracy", 0.0), ("train.target_accuracy", 1.01),
     ("train.budget_minutes", -1.0),
+    ("train.max_minutes", -1.0),
     ("data.image_shape", (28, 28.0, 1)), ("data.image_shape", (28, True, 1)),
     ("data.classes", (1, 0)), ("data.classes", (0, 0)), ("data.classes", (-1, 0)),
     ("data.classes", (0, 1.5)),

@@ -289,7 +289,7 @@ def test_configs_pair_with_the_first_over_the_seeds_that_share_validation_rows()
                    "other_split": "–", "old": "–", "gone": "–"}
 
 
-def test_a_budgeted_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path):
+def test_a_time_limited_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path):
   cfg = config.apply_overrides(config.get_base_config(), ["train.budget_minutes=10"])
   run = sweep.Run("a", 0, cfg, tmp_path)
   measured = config.apply_overrides(cfg, ["num_epochs=17"])
@@ -299,6 +299,11 @@ def test_a_budgeted_run_dir_is_reused_whatever_epoch_count_it_measured(tmp_path)
   (tmp_path / "config.json").write_text(other.to_json())
   with pytest.raises(UserError, match="train.budget_minutes=20.0, this sweep has 10.0"):
     sweep._check_same_config(run)
+  # A cap too: the count it resolved may be below the one asked for.
+  capped = config.apply_overrides(config.get_base_config(), ["train.max_minutes=13"])
+  (tmp_path / "config.json").write_text(config.apply_overrides(capped,
+                                                               ["num_epochs=17"]).to_json())
+  sweep._check_same_config(sweep.Run("a", 0, capped, tmp_path))
   unbudgeted = sweep.Run("a", 0, config.get_base_config(), tmp_path)
   (tmp_path / "config.json").write_text(config.apply_overrides(config.get_base_config(),
                                                                ["num_epochs=17"]).to_json())
