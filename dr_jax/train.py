@@ -289,36 +289,52 @@ def _fit_limit(cfg: ml_collections.ConfigDict, lim: budget.Limit, split: build.S
                                                                 steps.TrainState, Program]:
   """The config, state and program with the epochs `lim` allows on this machine."""
   cost = _epoch_cost(cfg, split, state, program)
-  spent_s = time.time() - session_start
   # A per-step schedule's length is compiled into the step: another count compiles again.
   recompile_s = 0.0 if optim.is_per_epoch(cfg) else compile_s
-  epochs = distributed.fail_together(lambda: budget.epochs_under(
-      lim, cfg.num_epochs, spent_s, cost, recompile_s))
-  epochs = distributed.min_over_processes(epochs)  # Each process measured its own rate.
+  epochs = _epochs_under(lim, cfg.num_epochs, cost, recompile_s, session_start)
   capped = f" (num_epochs={cfg.num_epochs} would not end in time)" \
       if lim.caps and epochs < cfg.num_epochs else ""
   metrics.log(f"{lim.key}={lim.minutes:g}: {_plural(epochs, 'epoch')}{capped} of "
               f"≈ {cost.total_s:.1f}s (train {cost.train_s:.1f}s, validation "
-              f"{cost.validation_s:.1f}s, +{budget.MARGIN:.0%}) after {spent_s:.0f}s of loading "
-              f"and compiling; num_epochs={epochs} goes into config.json")
-  changed = epochs != cfg.num_epochs
-  cfg = budget.with_epochs(cfg, epochs)
-  if recompile_s and changed:
+              f"{cost.validation_s:.1f}s, +{budget.MARGIN:.0%}) after "
+              f"{time.time() - session_start:.0f}s of loading and compiling; "
+              f"num_epochs={epochs} goes into config.json")
+  while recompile_s and epochs != cfg.num_epochs:
+    cfg = budget.with_epochs(cfg, epochs)
+    start = time.time()
     state = state.replace(tx=optim.make_optimizer(cfg, program.plan.steps * epochs))
     program = compile_program(cfg, split, state, mesh, program.plan)
-  return cfg, state, program
+    recompile_s = time.time() - start
+    # The first compile may have come from the compilation cache and this one not: keep the
+    # count if it still fits, else lower it and compile once more.
+    epochs = _epochs_under(dataclasses.replace(lim, caps=True), epochs, cost, recompile_s,
+                           session_start)
+    if epochs != cfg.num_epochs:
+      metrics.log(f"{lim.key}={lim.minutes:g}: compiling for {cfg.num_epochs} epochs took "
+                  f"{recompile_s:.0f}s, so {_plural(epochs, 'epoch')} fit; num_epochs={epochs} "
+                  "goes into config.json")
+  return budget.with_epochs(cfg, epochs), state, program
+
+
+def _epochs_under(lim: budget.Limit, num_epochs: int, cost: budget.EpochCost, recompile_s: float,
+                  session_start: float) -> int:
+  """budget.epochs_under now, agreed by every process (each measured its own rate)."""
+  spent_s = time.time() - session_start
+  epochs = distributed.fail_together(lambda: budget.epochs_under(
+      lim, num_epochs, spent_s, cost, recompile_s))
+  return distributed.min_over_processes(epochs)
 
 
 def _epoch_cost(cfg: ml_collections.ConfigDict, split: build.Split, state: steps.TrainState,
                 program: Program) -> budget.EpochCost:
-  """An epoch's train calls and validation pass, timed on a copy of the state: up to eight
-  fused calls after one untimed, and a second validation pass."""
+  """An epoch's train calls and validation pass, timed on a copy of the state: fused calls
+  after one untimed, for budget.MEASURE_S or at most an epoch, and a second validation pass."""
   k = program.plan.per_call
   members = program.train_idx.shape[0]
   idx, keys = program.make_batches(jax.random.split(jax.random.key(0), members),
                                    program.train_idx)
-  calls = [(jax.device_put(idx[:, i * k:(i + 1) * k], program.batch_sharding),
-            keys[:, i * k:(i + 1) * k]) for i in range(min(program.plan.steps // k, 8))]
+  calls = ((jax.device_put(idx[:, i * k:(i + 1) * k], program.batch_sharding),
+            keys[:, i * k:(i + 1) * k]) for i in range(program.plan.steps // k))
   per_call = budget.seconds_per_call(program.train_calls[k], state, calls)
   predictor = dataclasses.replace(program.predictor, variables=steps.eval_variables(state))
   validation_s = budget.seconds_of(

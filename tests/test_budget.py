@@ -2,6 +2,7 @@
 recorded, resumed."""
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -68,10 +69,13 @@ def test_seconds_per_call_times_a_chain_from_a_copy_that_leaves_the_state_alone(
     return step(state, x)
 
   state = jnp.zeros(3)
-  seconds = budget.seconds_per_call(call, state, [(1.0,), (2.0,), (3.0,)])
+  seconds = budget.seconds_per_call(call, state, [(1.0,), (2.0,), (3.0,)], math.inf)
   assert seconds > 0
   assert calls == [1.0, 1.0, 2.0, 3.0]  # One untimed call, then each batch once.
   np.testing.assert_array_equal(state, np.zeros(3))  # Still alive and unchanged: a copy ran.
+  calls.clear()
+  budget.seconds_per_call(call, state, iter([(1.0,), (2.0,), (3.0,)]), 0.0)
+  assert calls == [1.0, 1.0]  # Enough seconds after one timed call: the rest stay untouched.
 
 
 def test_seconds_of_times_the_second_call():
@@ -206,6 +210,34 @@ def test_a_cap_that_fits_num_epochs_trains_them_as_compiled(tmp_path, data_dir, 
   plain = tmp_path / "plain"
   train.train_and_evaluate(tiny_config(**{"schedule.name": "onecycle"}), plain, data_dir)
   _assert_same_training(capped, plain)
+
+
+def test_a_count_that_no_longer_fits_after_recompiling_is_lowered_and_compiled_again(
+    tmp_path, data_dir, monkeypatch, capsys):
+  # The estimate took the first compile's seconds for the recompile; when the recompile takes
+  # longer (the first came from the compilation cache), the count is checked again as a cap.
+  monkeypatch.setattr(train, "_epoch_cost", lambda *a: budget.EpochCost(1000.0, 0.0))
+  answers, asked = iter([5, 4, 4]), []
+
+  def epochs_under(lim, num_epochs, *rest):
+    asked.append((lim.caps, num_epochs))
+    return next(answers)
+
+  monkeypatch.setattr(budget, "epochs_under", epochs_under)
+  compiles = []
+  real_compile = train.compile_program
+  monkeypatch.setattr(train, "compile_program",
+                      lambda *a: compiles.append(a[0].num_epochs) or real_compile(*a))
+  budgeted = tmp_path / "budgeted"
+  assert train.train_and_evaluate(tiny_config(**_ONECYCLE), budgeted, data_dir)["epochs"] == 4
+  # The budget's count, then each recompiled count checked as a cap (it may only go down).
+  assert asked == [(False, 2), (True, 5), (True, 4)] and compiles == [2, 5, 4]
+  assert json.loads((budgeted / "config.json").read_text())["num_epochs"] == 4
+  assert "train.budget_minutes=100: compiling for 5 epochs took " in capsys.readouterr().err
+  plain = tmp_path / "plain"
+  train.train_and_evaluate(tiny_config(**{"schedule.name": "onecycle", "num_epochs": 4}), plain,
+                           data_dir)
+  _assert_same_training(budgeted, plain)
 
 
 def test_a_budget_too_small_for_one_epoch_trains_nothing(tmp_path, data_dir):
