@@ -28,8 +28,8 @@ from dr_jax.errors import UserError
 # The estimate's allowance for what the measurement leaves out: checkpoint saves, the log,
 # an epoch slower than the timed calls.
 MARGIN = 0.05
-# Seconds of train calls timed (at most one epoch's): a second of calls on a shared 2-core VM
-# measured up to 20% faster than the epochs then ran.
+# Seconds of train calls timed (at most one epoch's): 1.5 s of calls on a shared 2-core VM
+# measured it up to 23% faster than the epochs then ran (docs/design.md, "Budget").
 MEASURE_S = 5.0
 
 
