@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dr_jax import config, metrics, predict, provenance, pseudo, report, train
+from dr_jax import budget, config, metrics, predict, provenance, pseudo, report, train
 from dr_jax.build import RESOLVED_KEYS
 from dr_jax.errors import UserError
 from dr_jax.fetch import ANSWERS_FILE
@@ -104,19 +104,16 @@ def plan(paths: Sequence[pathlib.Path], seeds: int, workdir: pathlib.Path,
   return runs
 
 
-def _limited(flat: dict) -> bool:
-  return bool(flat.get("train.budget_minutes")) or bool(flat.get("train.max_minutes"))
-
-
 def _check_same_config(run: Run) -> None:
   """Refuses to resume or reuse a run directory trained with another config."""
   if not (run.run_dir / "config.json").is_file():
     return
-  saved, wanted = (config.flatten(provenance.read_config(run.run_dir)), config.flatten(run.cfg))
+  saved_cfg = provenance.read_config(run.run_dir)
+  saved, wanted = config.flatten(saved_cfg), config.flatten(run.cfg)
   # What train.csv decided is recorded (build.resolve); a sweep's () asks for exactly that.
   # Under a time limit (a budget or a cap) both sides set, the epoch count is measured, not
   # asked for: only the limit itself can differ.
-  budgeted = _limited(saved) and _limited(wanted)
+  budgeted = budget.limit(saved_cfg) is not None and budget.limit(run.cfg) is not None
   diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k)
                 and not (k in RESOLVED_KEYS and wanted.get(k) == ())
                 and not (k == "num_epochs" and budgeted))
